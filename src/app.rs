@@ -1,0 +1,212 @@
+//! The application: storage, start-up checks and the HTTP server, shared by `main` and the tests.
+//!
+//! `Application::build` does everything that can fail at start-up (configuration, database,
+//! migrations, the orphan sweep, binding the port) and reports it as a [`StartError`];
+//! `run_until_stopped` then serves until a [`ShutdownHandle`] stops it. Signals belong to `main`
+//! (the framework's own signal handling is disabled), so shutdown order stays ours.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+
+use crate::config::{ConfigError, Settings};
+use crate::ops::health;
+use crate::store::{DatabaseUrl, Store, StoreError, StoreOptions};
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened, reached or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data directory or the listening socket could not be set up.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by all HTTP workers. Read-only apart from the draining flag.
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// This node's id.
+    pub node_id: String,
+    /// Deadline for the readiness probe's query.
+    pub readiness_timeout_ms: u64,
+    draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// True once shutdown has begun: the node takes no new work and reports not ready.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// A built, bound application, ready to serve.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+/// Stops a running application: marks the node draining, then stops the HTTP server gracefully.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    server: ServerHandle,
+    draining: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    /// Begins draining and waits until the server has stopped.
+    pub async fn shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.server.stop(true).await;
+    }
+}
+
+impl Application {
+    /// Opens the database, applies migrations (retrying an unreachable database for
+    /// `database.startup_timeout_ms`), sweeps calls orphaned by a previous run of this node, and
+    /// binds the HTTP listener.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let store = open_store(&settings).await?;
+        let swept = sweep_orphans(&store, &settings).await?;
+        if !swept.is_empty() {
+            tracing::warn!(
+                count = swept.len(),
+                "swept calls left active by a dead process to interrupted"
+            );
+        }
+        let addr = settings.bind_addr()?;
+        let listener = TcpListener::bind(addr).map_err(|source| StartError::Io {
+            context: format!("cannot listen on {addr}"),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Io {
+                context: "cannot read bound address".into(),
+                source,
+            })?
+            .port();
+        let state = web::Data::new(AppState {
+            store,
+            node_id: settings.node_id.clone(),
+            readiness_timeout_ms: settings.database.readiness_timeout_ms,
+            draining: Arc::new(AtomicBool::new(false)),
+        });
+        let shared = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .service(health::healthz)
+                .service(health::readyz)
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout_secs);
+        if settings.http_workers > 0 {
+            server = server.workers(settings.http_workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Io {
+                context: format!("cannot serve on {addr}"),
+                source,
+            })?
+            .run();
+        tracing::info!(%addr, port, database = %state.store.redacted_url(), node_id = %settings.node_id, "callengine listening");
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
+    }
+
+    /// The bound port (useful when binding port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Shared state (the store, the draining flag).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// A handle that stops this application.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            server: self.server.handle(),
+            draining: self.state.draining.clone(),
+        }
+    }
+
+    /// Serves until stopped through a [`ShutdownHandle`].
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Opens the configured store and, when enabled, applies migrations.
+pub async fn open_store(settings: &Settings) -> Result<Store, StartError> {
+    let url = settings.database_url()?;
+    if settings.database.url.is_none() {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::Io {
+            context: format!(
+                "cannot create data directory {}",
+                settings.data_dir.display()
+            ),
+            source,
+        })?;
+    }
+    let store = Store::connect(&url, StoreOptions::from_settings(settings))?;
+    if settings.database.migrate_on_start {
+        migrate_with_retry(
+            &store,
+            &url,
+            Duration::from_millis(settings.database.startup_timeout_ms),
+        )
+        .await?;
+    }
+    Ok(store)
+}
+
+/// Applies migrations, retrying while the database is unreachable, up to `patience`.
+pub async fn migrate_with_retry(
+    store: &Store,
+    url: &DatabaseUrl,
+    patience: Duration,
+) -> Result<Vec<String>, StoreError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match store.migrate().await {
+            Ok(applied) => {
+                tracing::info!(database = %url, applied = ?applied, "migrations up to date");
+                return Ok(applied);
+            }
+            Err(err) if err.is_transient() && started.elapsed() + delay < patience => {
+                tracing::warn!(database = %url, error = %err, retry_in_ms = delay.as_millis() as u64, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn sweep_orphans(store: &Store, settings: &Settings) -> Result<Vec<uuid::Uuid>, StoreError> {
+    let stale = settings.calls.stale_call_after_secs;
+    let stale_before =
+        (stale > 0).then(|| chrono::Utc::now() - chrono::Duration::seconds(stale as i64));
+    store.sweep_orphaned_calls(stale_before).await
+}

@@ -1,0 +1,14 @@
+//! callengine: a live phone-call audio engine.
+//!
+//! Each call is a supervised actor that streams audio to speech-to-text and keeps a durable,
+//! ordered transcript in the database while the call runs. This crate is both the library
+//! (used by the integration tests) and the `callengine` binary.
+
+pub mod app;
+pub mod config;
+pub mod ops;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Settings;

@@ -1,0 +1,98 @@
+//! The `callengine` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use callengine::app::{migrate_with_retry, Application};
+use callengine::config::{Settings, CONFIG_FILE_ENV};
+use callengine::store::{Store, StoreOptions};
+use callengine::telemetry;
+
+/// Live phone-call audio engine: call actors, streaming speech-to-text, durable transcripts.
+#[derive(Parser)]
+#[command(name = "callengine", version, about)]
+struct Cli {
+    /// TOML configuration file (environment variables override it).
+    #[arg(long, global = true, env = CONFIG_FILE_ENV, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: HTTP server, health endpoints (applies migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("callengine: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    let result = actix_web::rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => migrate(settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "callengine stopped with an error");
+            eprintln!("callengine: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    let shutdown = app.shutdown_handle();
+    actix_web::rt::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(%signal, "shutdown requested: draining");
+        shutdown.shutdown().await;
+    });
+    app.run_until_stopped().await?;
+    tracing::info!("callengine stopped");
+    Ok(())
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let url = settings.database_url()?;
+    if settings.database.url.is_none() {
+        std::fs::create_dir_all(&settings.data_dir)?;
+    }
+    let store = Store::connect(&url, StoreOptions::from_settings(&settings))?;
+    let patience = Duration::from_millis(settings.database.startup_timeout_ms);
+    let applied = migrate_with_retry(&store, &url, patience).await?;
+    println!("{}: {} migration(s) applied", url, applied.len());
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT and names the one that came.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,3 @@
+//! The operator surface: health and readiness (metrics, calls API and dashboard come later).
+
+pub mod health;

@@ -1,0 +1,529 @@
+//! The call lifecycle in the database: create-or-link, append turns, complete, sweep, read.
+//!
+//! SQLite note: a deferred transaction that reads first and writes later cannot wait for the
+//! write lock (SQLite answers `SQLITE_BUSY` at once to avoid deadlock, whatever `busy_timeout`
+//! says). So every write transaction here *starts with a write* to the call row; that takes the
+//! lock up front, where `busy_timeout` applies, and the reads that follow are safe.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::*;
+use super::rows::{convert_all, CallRow, JobRow, TurnRow};
+use super::schema::{call_turns, calls, jobs, tenants};
+use super::sql_types::{DbJson, DbTime, DbUuid};
+use super::{with_conn, Store, StoreError};
+
+/// Longest external id, phone number or speaker label accepted.
+const MAX_SHORT_TEXT: usize = 256;
+
+impl Store {
+    /// Creates the call row for a starting media session, or links to the existing one.
+    ///
+    /// Idempotent: with `id` set, a second call returns the same row; with `external_id` set, a
+    /// second session for the same live `(protocol, external_id)` gets the live call instead of
+    /// a twin. Linking to an ended call is refused.
+    pub async fn create_or_link_call(
+        &self,
+        new: &NewCall,
+    ) -> Result<(Call, LinkOutcome), StoreError> {
+        validate_new_call(new)?;
+        let now = DbTime::from(Utc::now());
+        let started = DbTime::from(new.started_at);
+        let row = CallRow {
+            id: DbUuid(new.id.unwrap_or_else(Uuid::new_v4)),
+            tenant_id: DbUuid(new.tenant_id),
+            campaign_id: new.campaign_id.map(DbUuid),
+            lead_id: new.lead_id.map(DbUuid),
+            phone_number: new.phone_number.clone().unwrap_or_else(|| "unknown".into()),
+            external_id: new.external_id.clone(),
+            protocol: new.protocol.as_str().into(),
+            direction: new.direction.as_str().into(),
+            status: CallStatus::Active.as_str().into(),
+            started_at: started,
+            ended_at: None,
+            last_activity_at: started,
+            duration_seconds: None,
+            cost_micros: None,
+            end_reason: None,
+            transcript_text: None,
+            transcript_json: None,
+            recording_id: None,
+            recording_url: None,
+            offline_transcript: None,
+            summary: None,
+            extracted_fields: None,
+            node_id: self.options().node_id.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        // A conflicting row can vanish between the insert and the read (the live call with
+        // this external id ends); then the insert is simply tried again.
+        for _ in 0..3 {
+            let inserted = with_conn!(self, conn => {
+                diesel::insert_into(calls::table)
+                    .values(&row)
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await?
+            });
+            if inserted == 1 {
+                return Ok((Call::try_from(row)?, LinkOutcome::Created));
+            }
+            if let Some(found) = self.find_conflicting_call(new).await? {
+                return Ok((found, LinkOutcome::Linked));
+            }
+        }
+        Err(StoreError::InvalidInput(format!(
+            "call {} could neither be created nor linked",
+            row.id.0
+        )))
+    }
+
+    async fn find_conflicting_call(&self, new: &NewCall) -> Result<Option<Call>, StoreError> {
+        if let Some(id) = new.id {
+            if let Some(call) = self.get_call(id).await? {
+                if call.status.is_terminal() {
+                    return Err(StoreError::CallNotActive {
+                        call_id: id,
+                        status: call.status,
+                    });
+                }
+                return Ok(Some(call));
+            }
+        }
+        let Some(external_id) = &new.external_id else {
+            return Ok(None);
+        };
+        let protocol = new.protocol.as_str();
+        let live: Option<CallRow> = with_conn!(self, conn => {
+            calls::table
+                .filter(calls::protocol.eq(protocol))
+                .filter(calls::external_id.eq(external_id))
+                .filter(calls::status.eq(CallStatus::Active.as_str()))
+                .select(CallRow::as_select())
+                .first(conn)
+                .await
+                .optional()?
+        });
+        match (live, new.id) {
+            (Some(live), Some(_)) => Err(StoreError::ExternalIdInUse {
+                external_id: external_id.clone(),
+                protocol: new.protocol,
+                existing: live.id.0,
+            }),
+            (Some(live), None) => Ok(Some(Call::try_from(live)?)),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// Appends one turn; see [`Store::append_turns`].
+    pub async fn append_turn(
+        &self,
+        call_id: Uuid,
+        turn: &NewTurn,
+    ) -> Result<AppendOutcome, StoreError> {
+        let outcomes = self
+            .append_turns(call_id, std::slice::from_ref(turn))
+            .await?;
+        outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::InvalidInput("no outcome for appended turn".into()))
+    }
+
+    /// Appends turns to an active call in one transaction, in the order given.
+    ///
+    /// Insert-or-ignore on `(call_id, seq)`: a retried write never duplicates a turn and reports
+    /// `AlreadyPresent`. After the call has ended, retries of turns already stored are still
+    /// answered `AlreadyPresent`; new turns are refused with `CallNotActive`.
+    pub async fn append_turns(
+        &self,
+        call_id: Uuid,
+        turns: &[NewTurn],
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        turns.iter().try_for_each(validate_turn)?;
+        let now = DbTime::from(Utc::now());
+        let rows: Vec<TurnRow> = turns.iter().map(|t| turn_row(call_id, t, now)).collect();
+        let rows = &rows;
+        with_conn!(self, conn => {
+            conn.transaction(async |conn| {
+                let touched = diesel::update(calls::table.find(DbUuid(call_id)))
+                    .filter(calls::status.eq(CallStatus::Active.as_str()))
+                    .set((calls::last_activity_at.eq(now), calls::updated_at.eq(now)))
+                    .execute(conn)
+                    .await?;
+                if touched == 0 {
+                    let status: Option<String> = calls::table
+                        .find(DbUuid(call_id))
+                        .select(calls::status)
+                        .first(conn)
+                        .await
+                        .optional()?;
+                    let status: CallStatus = status.ok_or(StoreError::CallNotFound(call_id))?.parse()?;
+                    let stored: Vec<i32> = call_turns::table
+                        .filter(call_turns::call_id.eq(DbUuid(call_id)))
+                        .select(call_turns::seq)
+                        .load(conn)
+                        .await?;
+                    return rows
+                        .iter()
+                        .map(|row| match stored.contains(&row.seq) {
+                            true => Ok(AppendOutcome::AlreadyPresent),
+                            false => Err(StoreError::CallNotActive { call_id, status }),
+                        })
+                        .collect();
+                }
+                let mut outcomes = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let inserted = diesel::insert_into(call_turns::table)
+                        .values(row)
+                        .on_conflict((call_turns::call_id, call_turns::seq))
+                        .do_nothing()
+                        .execute(conn)
+                        .await?;
+                    outcomes.push(if inserted == 1 { AppendOutcome::Inserted } else { AppendOutcome::AlreadyPresent });
+                }
+                Ok(outcomes)
+            })
+            .await
+        })
+    }
+
+    /// Ends a call: stores the pending partial, then sets status, end time, duration, exact
+    /// cost, end reason and the materialised transcript, and queues the post-call job — all in
+    /// one transaction. Completing an ended call changes nothing and returns `AlreadyEnded`.
+    pub async fn complete_call(
+        &self,
+        call_id: Uuid,
+        completion: &CallCompletion,
+    ) -> Result<CompletionOutcome, StoreError> {
+        if !matches!(
+            completion.status,
+            CallStatus::Completed | CallStatus::Failed
+        ) {
+            return Err(StoreError::InvalidInput(format!(
+                "a call is completed as completed or failed, not {}",
+                completion.status
+            )));
+        }
+        if let Some(partial) = &completion.pending_partial {
+            validate_turn(partial)?;
+        }
+        self.finish(
+            call_id,
+            completion.status,
+            Some(completion.ended_at),
+            &completion.end_reason,
+            completion.pending_partial.as_ref(),
+        )
+        .await
+    }
+
+    /// Marks calls left `active` by a dead process as `interrupted`, ended at their last
+    /// activity, with transcript, cost and post-call job like any other end. Sweeps this node's
+    /// active calls (call at start-up, before taking calls) and any node's calls idle since
+    /// before `stale_before`. Returns the ids swept.
+    pub async fn sweep_orphaned_calls(
+        &self,
+        stale_before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let node = self.options().node_id.clone();
+        let cutoff = DbTime::from(stale_before.unwrap_or(DateTime::UNIX_EPOCH));
+        let orphans: Vec<(DbUuid, String)> = with_conn!(self, conn => {
+            calls::table
+                .filter(calls::status.eq(CallStatus::Active.as_str()))
+                .filter(calls::node_id.eq(&node).or(calls::last_activity_at.lt(cutoff)))
+                .select((calls::id, calls::node_id))
+                .load(conn)
+                .await?
+        });
+        let mut swept = Vec::with_capacity(orphans.len());
+        for (id, owner) in orphans {
+            let reason = if owner == node {
+                "node_restarted"
+            } else {
+                "stale_call"
+            };
+            if let CompletionOutcome::Completed(_) = self
+                .finish(id.0, CallStatus::Interrupted, None, reason, None)
+                .await?
+            {
+                swept.push(id.0);
+            }
+        }
+        Ok(swept)
+    }
+
+    /// The shared end-of-call transaction; `ended_at = None` means "at last activity".
+    async fn finish(
+        &self,
+        call_id: Uuid,
+        status: CallStatus,
+        ended_at: Option<DateTime<Utc>>,
+        reason: &str,
+        partial: Option<&NewTurn>,
+    ) -> Result<CompletionOutcome, StoreError> {
+        let now = DbTime::from(Utc::now());
+        let partial_row = partial.map(|t| turn_row(call_id, t, now));
+        let partial_row = &partial_row;
+        let default_rate = self.options().default_cost_per_second_micros;
+        let max_attempts = self.options().postcall_max_attempts;
+        let outcome: Result<CompletionOutcome, StoreError> = with_conn!(self, conn => {
+            conn.transaction(async |conn| {
+                let id = DbUuid(call_id);
+                let claimed = diesel::update(calls::table.find(id))
+                    .filter(calls::status.eq(CallStatus::Active.as_str()))
+                    .set(calls::updated_at.eq(now))
+                    .execute(conn)
+                    .await?;
+                let row: Option<CallRow> = calls::table.find(id).select(CallRow::as_select()).first(conn).await.optional()?;
+                let row = row.ok_or(StoreError::CallNotFound(call_id))?;
+                if claimed == 0 {
+                    return Ok(CompletionOutcome::AlreadyEnded(Call::try_from(row)?));
+                }
+                if let Some(partial) = partial_row {
+                    diesel::insert_into(call_turns::table)
+                        .values(partial)
+                        .on_conflict((call_turns::call_id, call_turns::seq))
+                        .do_nothing()
+                        .execute(conn)
+                        .await?;
+                }
+                let turns: Vec<TurnRow> = call_turns::table
+                    .filter(call_turns::call_id.eq(id))
+                    .order(call_turns::seq.asc())
+                    .select(TurnRow::as_select())
+                    .load(conn)
+                    .await?;
+                let rate: Option<i64> = tenants::table
+                    .find(row.tenant_id)
+                    .select(tenants::cost_per_second_micros)
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let ended = ended_at.map(DbTime::from).unwrap_or(row.last_activity_at).max(row.started_at);
+                let seconds = billable_seconds(row.started_at.0, ended.0);
+                let cost = seconds
+                    .checked_mul(rate.unwrap_or(default_rate))
+                    .ok_or_else(|| StoreError::InvalidInput("call cost overflows".into()))?;
+                let turns: Vec<Turn> = convert_all(turns)?;
+                let (text, transcript) = materialise_transcript(&turns);
+                diesel::update(calls::table.find(id))
+                    .set((
+                        calls::status.eq(status.as_str()),
+                        calls::ended_at.eq(Some(ended)),
+                        calls::last_activity_at.eq(ended.max(row.last_activity_at)),
+                        calls::duration_seconds.eq(Some(seconds)),
+                        calls::cost_micros.eq(Some(cost)),
+                        calls::end_reason.eq(Some(reason)),
+                        calls::transcript_text.eq(Some(text)),
+                        calls::transcript_json.eq(Some(DbJson(transcript))),
+                        calls::updated_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+                diesel::insert_into(jobs::table)
+                    .values(postcall_job(call_id, max_attempts, now))
+                    .on_conflict(jobs::dedupe_key)
+                    .do_nothing()
+                    .execute(conn)
+                    .await?;
+                let row: CallRow = calls::table.find(id).select(CallRow::as_select()).first(conn).await?;
+                Ok(CompletionOutcome::Completed(Call::try_from(row)?))
+            })
+            .await
+        });
+        outcome
+    }
+
+    /// One call row.
+    pub async fn get_call(&self, call_id: Uuid) -> Result<Option<Call>, StoreError> {
+        let row: Option<CallRow> = with_conn!(self, conn => {
+            calls::table.find(DbUuid(call_id)).select(CallRow::as_select()).first(conn).await.optional()?
+        });
+        row.map(Call::try_from).transpose()
+    }
+
+    /// A call's turns in sequence order.
+    pub async fn list_turns(&self, call_id: Uuid) -> Result<Vec<Turn>, StoreError> {
+        let rows: Vec<TurnRow> = with_conn!(self, conn => {
+            call_turns::table
+                .filter(call_turns::call_id.eq(DbUuid(call_id)))
+                .order(call_turns::seq.asc())
+                .select(TurnRow::as_select())
+                .load(conn)
+                .await?
+        });
+        convert_all(rows)
+    }
+
+    /// A call with its turns, or `None` when there is no such call.
+    pub async fn get_call_with_turns(
+        &self,
+        call_id: Uuid,
+    ) -> Result<Option<CallWithTurns>, StoreError> {
+        let Some(call) = self.get_call(call_id).await? else {
+            return Ok(None);
+        };
+        let turns = self.list_turns(call_id).await?;
+        Ok(Some(CallWithTurns { call, turns }))
+    }
+
+    /// The jobs queued for a call, oldest first.
+    pub async fn list_jobs_for_call(&self, call_id: Uuid) -> Result<Vec<Job>, StoreError> {
+        let rows: Vec<JobRow> = with_conn!(self, conn => {
+            jobs::table
+                .filter(jobs::call_id.eq(Some(DbUuid(call_id))))
+                .order(jobs::created_at.asc())
+                .select(JobRow::as_select())
+                .load(conn)
+                .await?
+        });
+        Ok(rows.into_iter().map(Job::from).collect())
+    }
+}
+
+fn postcall_job(call_id: Uuid, max_attempts: i32, now: DbTime) -> JobRow {
+    JobRow {
+        id: DbUuid(Uuid::new_v4()),
+        kind: JOB_KIND_POSTCALL.into(),
+        call_id: Some(DbUuid(call_id)),
+        dedupe_key: Some(format!("{JOB_KIND_POSTCALL}:{call_id}")),
+        payload: DbJson(json!({ "call_id": call_id })),
+        status: JOB_STATUS_QUEUED.into(),
+        attempts: 0,
+        max_attempts,
+        run_at: now,
+        locked_by: None,
+        locked_at: None,
+        lease_expires_at: None,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn turn_row(call_id: Uuid, turn: &NewTurn, now: DbTime) -> TurnRow {
+    TurnRow {
+        id: DbUuid(Uuid::new_v4()),
+        call_id: DbUuid(call_id),
+        seq: turn.seq,
+        speaker: turn.speaker.clone(),
+        speaker_label: turn.speaker_label.clone(),
+        text: turn.text.clone(),
+        is_final: turn.is_final,
+        start_ms: turn.start_ms,
+        end_ms: turn.end_ms,
+        confidence: turn.confidence,
+        source: turn.source.as_str().into(),
+        created_at: now,
+    }
+}
+
+fn validate_new_call(new: &NewCall) -> Result<(), StoreError> {
+    let too_long = |name: &str, value: &Option<String>| match value {
+        Some(v) if v.is_empty() || v.len() > MAX_SHORT_TEXT => Err(StoreError::InvalidInput(
+            format!("{name} must be 1 to {MAX_SHORT_TEXT} bytes"),
+        )),
+        _ => Ok(()),
+    };
+    too_long("external_id", &new.external_id)?;
+    too_long("phone_number", &new.phone_number)
+}
+
+fn validate_turn(turn: &NewTurn) -> Result<(), StoreError> {
+    if turn.seq < 1 {
+        return Err(StoreError::InvalidInput(format!(
+            "turn seq must be >= 1, got {}",
+            turn.seq
+        )));
+    }
+    if turn.speaker.is_empty() || turn.speaker.len() > MAX_SHORT_TEXT {
+        return Err(StoreError::InvalidInput(
+            "turn speaker must be 1 to 256 bytes".into(),
+        ));
+    }
+    if matches!(turn.confidence, Some(c) if !c.is_finite()) {
+        return Err(StoreError::InvalidInput(
+            "turn confidence must be finite".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whole seconds billed for a call: any started second counts, never negative.
+pub fn billable_seconds(started: DateTime<Utc>, ended: DateTime<Utc>) -> i64 {
+    let millis = (ended - started).num_milliseconds().max(0);
+    (millis + 999) / 1000
+}
+
+/// The transcript stored on the call row: `speaker: text` lines, and the same turns as JSON.
+pub fn materialise_transcript(turns: &[Turn]) -> (String, serde_json::Value) {
+    let text = turns
+        .iter()
+        .map(|t| format!("{}: {}", t.speaker, t.text))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let json = turns
+        .iter()
+        .map(|t| {
+            json!({
+                "seq": t.seq, "speaker": t.speaker, "text": t.text, "is_final": t.is_final,
+                "start_ms": t.start_ms, "end_ms": t.end_ms, "confidence": t.confidence,
+                "source": t.source,
+            })
+        })
+        .collect();
+    (text, serde_json::Value::Array(json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billing_counts_every_started_second() {
+        let t0 = DateTime::UNIX_EPOCH;
+        assert_eq!(billable_seconds(t0, t0), 0);
+        assert_eq!(
+            billable_seconds(t0, t0 + chrono::Duration::milliseconds(1)),
+            1
+        );
+        assert_eq!(
+            billable_seconds(t0, t0 + chrono::Duration::milliseconds(61_000)),
+            61
+        );
+        assert_eq!(
+            billable_seconds(t0, t0 + chrono::Duration::milliseconds(61_001)),
+            62
+        );
+        assert_eq!(billable_seconds(t0 + chrono::Duration::seconds(5), t0), 0);
+    }
+
+    #[test]
+    fn transcript_lists_turns_in_given_order() {
+        let turn = |seq, speaker: &str, text: &str| Turn {
+            id: Uuid::nil(),
+            call_id: Uuid::nil(),
+            seq,
+            speaker: speaker.into(),
+            speaker_label: None,
+            text: text.into(),
+            is_final: seq == 1,
+            start_ms: None,
+            end_ms: None,
+            confidence: None,
+            source: TurnSource::Realtime,
+            created_at: DateTime::UNIX_EPOCH,
+        };
+        let (text, json) =
+            materialise_transcript(&[turn(1, "agent", "hello"), turn(2, "contact", "hi the")]);
+        assert_eq!(text, "agent: hello\ncontact: hi the");
+        assert_eq!(json[1]["is_final"], false);
+        assert_eq!(json[1]["source"], "realtime");
+    }
+}

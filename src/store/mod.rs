@@ -1,0 +1,460 @@
+//! Durable storage behind one API, on SQLite (embedded default) or PostgreSQL.
+//!
+//! The backend is chosen at runtime from the database URL. Queries are written once against
+//! [`schema`] and compiled for each backend by [`with_conn!`], the only place where the two
+//! backends are told apart; the portable column types live in [`sql_types`].
+
+mod calls;
+mod migrate;
+pub mod model;
+mod rows;
+pub mod schema;
+pub mod sql_types;
+mod tenants;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::sqlite::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::config::{Secret, Settings};
+pub use model::*;
+
+/// SQLite connection driven through diesel-async (blocking work runs on tokio's blocking pool).
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Errors from the store. User-facing text never contains credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL's scheme is not one callengine speaks.
+    #[error(
+        "unsupported database URL scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
+    )]
+    UnsupportedScheme { scheme: String },
+    /// The URL is malformed.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// The database could not be reached or a connection could not be had in time.
+    #[error("database unavailable ({backend}): {message}")]
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
+    /// Migrations failed.
+    #[error("migration failed ({backend}): {message}")]
+    Migration {
+        backend: &'static str,
+        message: String,
+    },
+    /// No call with this id.
+    #[error("call {0} not found")]
+    CallNotFound(uuid::Uuid),
+    /// The call has ended; it takes no new turns.
+    #[error("call {call_id} is {status}, not active")]
+    CallNotActive {
+        call_id: uuid::Uuid,
+        status: CallStatus,
+    },
+    /// Another live call already holds this external id.
+    #[error("external id {external_id:?} ({protocol}) is live on call {existing}")]
+    ExternalIdInUse {
+        external_id: String,
+        protocol: Protocol,
+        existing: uuid::Uuid,
+    },
+    /// The request itself is invalid (e.g. sequence number below 1).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A stored value could not be understood.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (connectivity, pool exhaustion, lock timeouts).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable { .. } => true,
+            Self::Database(diesel::result::Error::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    diesel::result::DatabaseErrorKind::ClosedConnection
+                        | diesel::result::DatabaseErrorKind::SerializationFailure
+                ) || info.message().contains("database is locked")
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<UnknownValue> for StoreError {
+    fn from(err: UnknownValue) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
+
+/// A parsed database URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite file.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL server.
+    Postgres { url: Secret },
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
+    /// Anything else is an error; nothing is created for an unknown scheme.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let Some((scheme, rest)) = url.split_once(':') else {
+            return Err(StoreError::InvalidUrl(
+                "no scheme: use sqlite://PATH or postgres://USER@HOST/DB".into(),
+            ));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => {
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                let path = path.split('?').next().unwrap_or_default();
+                if path.is_empty() || path == ":memory:" {
+                    return Err(StoreError::InvalidUrl(
+                        "sqlite URL needs a file path (in-memory databases are not shared by a pool)"
+                            .into(),
+                    ));
+                }
+                Ok(Self::Sqlite {
+                    path: PathBuf::from(path),
+                })
+            }
+            "postgres" | "postgresql" => Ok(Self::Postgres {
+                url: Secret::new(url),
+            }),
+            other => Err(StoreError::UnsupportedScheme {
+                scheme: other.to_string(),
+            }),
+        }
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    /// Shows the URL with any password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres { url } => f.write_str(&redact_password(url.expose())),
+        }
+    }
+}
+
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let (authority, tail) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, t)| (a, Some(t)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let query_has_password = tail.is_some_and(|t| t.to_ascii_lowercase().contains("password="));
+    match tail {
+        Some(_) if query_has_password => format!("{scheme}://{authority}/***"),
+        Some(tail) => format!("{scheme}://{authority}/{tail}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+/// Pool and behaviour options for [`Store::connect`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub pool_size: u32,
+    pub connect_timeout: Duration,
+    pub acquire_timeout: Duration,
+    pub busy_timeout: Duration,
+    /// Rate for tenants without their own.
+    pub default_cost_per_second_micros: i64,
+    /// Attempts a post-call job gets.
+    pub postcall_max_attempts: i32,
+    /// Written on every call this store creates.
+    pub node_id: String,
+}
+
+impl StoreOptions {
+    /// Options from the application's settings.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let db = &settings.database;
+        Self {
+            pool_size: db.pool_size,
+            connect_timeout: Duration::from_millis(db.connect_timeout_ms),
+            acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
+            busy_timeout: Duration::from_millis(db.busy_timeout_ms),
+            default_cost_per_second_micros: settings.calls.default_cost_per_second_micros,
+            postcall_max_attempts: settings.calls.postcall_max_attempts,
+            node_id: settings.node_id.clone(),
+        }
+    }
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self::from_settings(&Settings::default())
+    }
+}
+
+enum Pools {
+    Sqlite(Pool<SqliteConn>),
+    Postgres(Pool<AsyncPgConnection>),
+}
+
+/// The store: a connection pool for one backend plus the call-lifecycle operations.
+/// Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    url: DatabaseUrl,
+    pools: Pools,
+    options: StoreOptions,
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever backend the store uses.
+/// The body is compiled once per backend, so it must only use SQL both understand.
+macro_rules! with_conn {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match &$store.inner.pools {
+            $crate::store::Pools::Sqlite(pool) => {
+                let mut pooled = $store.checkout(pool).await?;
+                let $conn: &mut $crate::store::SqliteConn = &mut pooled;
+                $body
+            }
+            $crate::store::Pools::Postgres(pool) => {
+                let mut pooled = $store.checkout(pool).await?;
+                let $conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_conn;
+
+impl Store {
+    /// Builds the pool for `url`. Connections open lazily; use [`Store::ping`] or
+    /// [`Store::migrate`] to find out whether the database is reachable.
+    pub fn connect(url: &DatabaseUrl, options: StoreOptions) -> Result<Self, StoreError> {
+        let pools = match url {
+            DatabaseUrl::Sqlite { path } => {
+                check_sqlite_parent(path)?;
+                let busy = options.busy_timeout;
+                let mut config = ManagerConfig::<SqliteConn>::default();
+                config.recycling_method = RecyclingMethod::Fast;
+                config.custom_setup = Box::new(move |url| {
+                    let url = url.to_string();
+                    Box::pin(async move {
+                        let mut conn = SqliteConn::establish(&url).await?;
+                        conn.batch_execute(&sqlite_pragmas(busy))
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    })
+                });
+                let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(
+                    path.to_string_lossy(),
+                    config,
+                );
+                Pools::Sqlite(build_pool(manager, &options, 4)?)
+            }
+            DatabaseUrl::Postgres { url: secret } => {
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                config.recycling_method = RecyclingMethod::Fast;
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+                    secret.expose(),
+                    config,
+                );
+                Pools::Postgres(build_pool(manager, &options, 16)?)
+            }
+        };
+        Ok(Self {
+            inner: std::sync::Arc::new(Inner {
+                url: url.clone(),
+                pools,
+                options,
+            }),
+        })
+    }
+
+    /// The backend in use: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.url.backend()
+    }
+
+    /// The database URL with any password redacted.
+    pub fn redacted_url(&self) -> String {
+        self.inner.url.to_string()
+    }
+
+    /// The options this store was built with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// Runs a trivial query: Ok when the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_conn!(self, conn => {
+            diesel::sql_query("SELECT 1").execute(conn).await?;
+            Ok(())
+        })
+    }
+
+    /// Applies pending migrations (PostgreSQL: under an advisory lock, so nodes may start
+    /// together). Returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        migrate::run(&self.inner.url, &self.inner.options).await
+    }
+
+    async fn checkout<C>(&self, pool: &Pool<C>) -> Result<Object<C>, StoreError>
+    where
+        C: diesel_async::pooled_connection::PoolableConnection + Send + 'static,
+        AsyncDieselConnectionManager<C>: deadpool::managed::Manager<
+            Type = C,
+            Error = diesel_async::pooled_connection::PoolError,
+        >,
+    {
+        pool.get().await.map_err(|err| StoreError::Unavailable {
+            backend: self.backend(),
+            message: describe_pool_error(err),
+        })
+    }
+}
+
+fn describe_pool_error(err: PoolError) -> String {
+    match err {
+        PoolError::Timeout(kind) => format!("timed out waiting for a connection ({kind:?})"),
+        PoolError::Backend(err) => err.to_string(),
+        PoolError::Closed => "pool closed".into(),
+        PoolError::NoRuntimeSpecified => "no runtime for pool timeouts".into(),
+        PoolError::PostCreateHook(err) => err.to_string(),
+    }
+}
+
+fn build_pool<C>(
+    manager: AsyncDieselConnectionManager<C>,
+    options: &StoreOptions,
+    default_size: u32,
+) -> Result<Pool<C>, StoreError>
+where
+    C: diesel_async::pooled_connection::PoolableConnection + Send + 'static,
+    AsyncDieselConnectionManager<C>:
+        deadpool::managed::Manager<Type = C, Error = diesel_async::pooled_connection::PoolError>,
+{
+    let size = if options.pool_size == 0 {
+        default_size
+    } else {
+        options.pool_size
+    };
+    Pool::builder(manager)
+        .max_size(size as usize)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(options.acquire_timeout))
+        .create_timeout(Some(options.connect_timeout))
+        .recycle_timeout(Some(options.connect_timeout))
+        .build()
+        .map_err(|err| StoreError::InvalidUrl(format!("cannot build pool: {err}")))
+}
+
+/// PRAGMAs set on every SQLite connection. `busy_timeout` first: switching to WAL needs a lock.
+fn sqlite_pragmas(busy_timeout: Duration) -> String {
+    format!(
+        "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA foreign_keys = ON;",
+        busy_timeout.as_millis()
+    )
+}
+
+fn check_sqlite_parent(path: &std::path::Path) -> Result<(), StoreError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(StoreError::Unavailable {
+            backend: "sqlite",
+            message: format!("directory {} does not exist", dir.display()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_supported_schemes() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/ce.db").unwrap(),
+            DatabaseUrl::Sqlite {
+                path: "/var/lib/ce.db".into()
+            }
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/ce.db").unwrap(),
+            DatabaseUrl::Sqlite {
+                path: "data/ce.db".into()
+            }
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://h/db").unwrap().backend(),
+            "postgres"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_schemes_and_bare_paths() {
+        assert!(matches!(
+            DatabaseUrl::parse("mysql://h/db"),
+            Err(StoreError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("data.db"),
+            Err(StoreError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("sqlite::memory:"),
+            Err(StoreError::InvalidUrl(_))
+        ));
+    }
+
+    #[test]
+    fn display_redacts_passwords() {
+        let url = DatabaseUrl::parse("postgres://app:s3cret@db:5432/calls").unwrap();
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/calls");
+        let url = DatabaseUrl::parse("postgres://db/calls?user=a&password=s3cret").unwrap();
+        assert!(!url.to_string().contains("s3cret"));
+        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+}

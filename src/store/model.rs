@@ -1,0 +1,310 @@
+//! The store's public vocabulary: calls, turns and their states, independent of the backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Declares a closed set of string-valued states stored as TEXT.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// The value as stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                match value {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(UnknownValue { kind: stringify!($name), value: other.to_string() }),
+                }
+            }
+        }
+    };
+}
+
+/// A stored string that is not one of its type's known values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownValue {
+    /// The type that was being read.
+    pub kind: &'static str,
+    /// The value found.
+    pub value: String,
+}
+
+text_enum! {
+    /// Where a call is in its life.
+    CallStatus {
+        /// Media is flowing (or the call is registered and live).
+        Active => "active",
+        /// Ended normally; transcript materialised.
+        Completed => "completed",
+        /// Ended by a fault (STT past its restart budget, internal error).
+        Failed => "failed",
+        /// Left `active` by a node that died; closed by the start-up sweep.
+        Interrupted => "interrupted",
+    }
+}
+
+impl CallStatus {
+    /// True once the call can no longer change state.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Active)
+    }
+}
+
+text_enum! {
+    /// The transport a call arrived on.
+    Protocol {
+        /// The generic PCM WebSocket `/ws/voice/{external_uuid}`.
+        Voice => "voice",
+        /// Vonage Voice API WebSocket.
+        Vonage => "vonage",
+        /// Twilio Media Streams.
+        Twilio => "twilio",
+        /// FreeSWITCH mod_audio_fork / jambonz listen.
+        AudioFork => "audiofork",
+        /// Asterisk AudioSocket over TCP.
+        AudioSocket => "audiosocket",
+        /// ElevenLabs transcription webhooks (no audio).
+        ElevenLabs => "elevenlabs",
+        /// Registered through the API before any media arrived.
+        Api => "api",
+    }
+}
+
+text_enum! {
+    /// Call direction from the engine's point of view.
+    Direction {
+        /// The contact called in.
+        Inbound => "inbound",
+        /// The platform dialled the contact.
+        Outbound => "outbound",
+    }
+}
+
+text_enum! {
+    /// Which path produced a turn.
+    TurnSource {
+        /// Streaming STT during the call.
+        Realtime => "realtime",
+        /// Post-call re-transcription of the recording.
+        Offline => "offline",
+        /// Posted by a voice platform's webhook.
+        Webhook => "webhook",
+    }
+}
+
+/// What the media session knows when a call starts.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    /// Link to (or create with) this id; `None` creates a call with a fresh id.
+    pub id: Option<Uuid>,
+    /// Owning tenant.
+    pub tenant_id: Uuid,
+    /// Campaign, when known.
+    pub campaign_id: Option<Uuid>,
+    /// The contact (lead, driver, customer), when known.
+    pub lead_id: Option<Uuid>,
+    /// Phone number as given by the transport; "unknown" when absent.
+    pub phone_number: Option<String>,
+    /// The transport's id for the call (Vonage UUID, Twilio CallSid, AudioSocket UUID…).
+    pub external_id: Option<String>,
+    /// The transport.
+    pub protocol: Protocol,
+    /// Direction of the call.
+    pub direction: Direction,
+    /// When media started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// A call row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Call {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub campaign_id: Option<Uuid>,
+    pub lead_id: Option<Uuid>,
+    pub phone_number: String,
+    pub external_id: Option<String>,
+    pub protocol: Protocol,
+    pub direction: Direction,
+    pub status: CallStatus,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub last_activity_at: DateTime<Utc>,
+    pub duration_seconds: Option<i64>,
+    /// Exact cost in micro-units of the billing currency.
+    pub cost_micros: Option<i64>,
+    pub end_reason: Option<String>,
+    pub transcript_text: Option<String>,
+    pub transcript_json: Option<serde_json::Value>,
+    pub recording_id: Option<String>,
+    pub recording_url: Option<String>,
+    pub offline_transcript: Option<String>,
+    pub summary: Option<String>,
+    pub extracted_fields: Option<serde_json::Value>,
+    pub node_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Whether `create_or_link_call` made a new row or found the live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// A new call row was inserted.
+    Created,
+    /// An existing call was linked (same id, or same live external id and protocol).
+    Linked,
+}
+
+/// One turn to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTurn {
+    /// Per-call sequence number, starting at 1.
+    pub seq: i32,
+    /// Role: `agent`, `contact`, `caller`, `callee`…
+    pub speaker: String,
+    /// The label the source used, when it differs from the role.
+    pub speaker_label: Option<String>,
+    pub text: String,
+    /// False for a partial stored by the final flush.
+    pub is_final: bool,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub confidence: Option<f64>,
+    pub source: TurnSource,
+}
+
+/// A stored turn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Turn {
+    pub id: Uuid,
+    pub call_id: Uuid,
+    pub seq: i32,
+    pub speaker: String,
+    pub speaker_label: Option<String>,
+    pub text: String,
+    pub is_final: bool,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub confidence: Option<f64>,
+    pub source: TurnSource,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Whether an append wrote a row or found the same `(call_id, seq)` already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The turn was written.
+    Inserted,
+    /// A turn with this sequence number was already stored (a retry); nothing changed.
+    AlreadyPresent,
+}
+
+/// How a call ended, for `complete_call`.
+#[derive(Debug, Clone)]
+pub struct CallCompletion {
+    /// `Completed` or `Failed` (use the sweep for `Interrupted`).
+    pub status: CallStatus,
+    /// When the call ended.
+    pub ended_at: DateTime<Utc>,
+    /// Why: `caller_hangup`, `stt_failed`, `shutdown`, `operator_hangup`…
+    pub end_reason: String,
+    /// The partial in flight at hang-up, stored with `is_final = false`.
+    pub pending_partial: Option<NewTurn>,
+}
+
+/// The result of `complete_call`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompletionOutcome {
+    /// This call closed the call row (and queued its post-call job).
+    Completed(Call),
+    /// The call had already ended; nothing changed (an idempotent retry).
+    AlreadyEnded(Call),
+}
+
+impl CompletionOutcome {
+    /// The call row after completion, either way.
+    pub fn call(&self) -> &Call {
+        match self {
+            Self::Completed(call) | Self::AlreadyEnded(call) => call,
+        }
+    }
+}
+
+/// A call with its turns in sequence order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallWithTurns {
+    pub call: Call,
+    pub turns: Vec<Turn>,
+}
+
+/// A queued unit of background work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub kind: String,
+    pub call_id: Option<Uuid>,
+    pub dedupe_key: Option<String>,
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+/// Job kind queued by every call completion.
+pub const JOB_KIND_POSTCALL: &str = "postcall";
+/// Status of a job waiting to run.
+pub const JOB_STATUS_QUEUED: &str = "queued";
+
+/// A tenant to create.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Tenant id; `None` generates one.
+    pub id: Option<Uuid>,
+    /// Unique display name.
+    pub name: String,
+    /// Where `call.completed` webhooks go.
+    pub webhook_url: Option<String>,
+    /// Signing secret for outbound webhooks.
+    pub webhook_secret: Option<String>,
+    /// Rate in micro-units per second of call time.
+    pub cost_per_second_micros: i64,
+    /// STT provider override.
+    pub stt_provider: Option<String>,
+}
+
+/// A tenant row. The webhook secret is never serialised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub webhook_url: Option<String>,
+    #[serde(skip)]
+    pub webhook_secret: Option<String>,
+    pub cost_per_second_micros: i64,
+    pub stt_provider: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
