@@ -67,9 +67,15 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
-    /// Begins draining and waits until the server has stopped.
-    pub async fn shutdown(&self) {
+    /// Marks the node draining: `/readyz` answers 503 so load balancers stop sending work,
+    /// while the server keeps serving what it has.
+    pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Begins draining and waits until the server has stopped gracefully.
+    pub async fn shutdown(&self) {
+        self.begin_drain();
         self.server.stop(true).await;
     }
 }
