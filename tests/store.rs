@@ -77,6 +77,23 @@ fn turn(seq: i32, text: &str) -> NewTurn {
     }
 }
 
+async fn tenant_with_rate(store: &Store, cost_per_second_micros: i64) -> Tenant {
+    let new = NewTenant {
+        id: None,
+        name: format!("tenant-{}", Uuid::new_v4()),
+        webhook_url: Some("http://127.0.0.1:9/hook".into()),
+        webhook_secret: Some("whsec".into()),
+        cost_per_second_micros,
+        stt_provider: None,
+    };
+    let tenant = store.insert_tenant(&new).await.unwrap();
+    assert_eq!(
+        store.get_tenant(tenant.id).await.unwrap().as_ref(),
+        Some(&tenant)
+    );
+    tenant
+}
+
 fn completion(ended_at: chrono::DateTime<Utc>) -> CallCompletion {
     CallCompletion {
         status: CallStatus::Completed,
@@ -353,18 +370,7 @@ async fn concurrent_appends_from_many_tasks_lose_and_duplicate_nothing(backend: 
 
 async fn completion_writes_everything_in_one_go_and_only_once(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let tenant = db
-        .store
-        .insert_tenant(&NewTenant {
-            id: None,
-            name: format!("acme-{}", Uuid::new_v4()),
-            webhook_url: Some("http://127.0.0.1:9/hook".into()),
-            webhook_secret: Some("whsec".into()),
-            cost_per_second_micros: 2_500,
-            stt_provider: None,
-        })
-        .await
-        .unwrap();
+    let tenant = tenant_with_rate(&db.store, 2_500).await;
     let started = Utc::now() - Duration::milliseconds(61_200);
     let (call, _) = db
         .store
@@ -490,18 +496,7 @@ async fn failed_completion_rolls_back_entirely(backend: Backend) {
     let db = TestDb::new(backend).await;
     // A rate so large that the cost overflows: the error happens after the pending partial was
     // written and the call row touched, inside the transaction.
-    let tenant = db
-        .store
-        .insert_tenant(&NewTenant {
-            id: None,
-            name: format!("huge-{}", Uuid::new_v4()),
-            webhook_url: None,
-            webhook_secret: None,
-            cost_per_second_micros: i64::MAX / 2,
-            stt_provider: None,
-        })
-        .await
-        .unwrap();
+    let tenant = tenant_with_rate(&db.store, i64::MAX / 2).await;
     let started = Utc::now() - Duration::seconds(30);
     let (call, _) = db
         .store

@@ -115,6 +115,16 @@ pub enum DatabaseUrl {
 impl DatabaseUrl {
     /// Parses `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
     /// Anything else is an error; nothing is created for an unknown scheme.
+    ///
+    /// ```
+    /// use callengine::store::DatabaseUrl;
+    ///
+    /// let url = DatabaseUrl::parse("postgres://app:secret@db:5432/calls").unwrap();
+    /// assert_eq!(url.backend(), "postgres");
+    /// assert_eq!(url.to_string(), "postgres://app:***@db:5432/calls");
+    /// assert!(DatabaseUrl::parse("mysql://db/calls").is_err());
+    /// assert!(DatabaseUrl::parse("calls.db").is_err());
+    /// ```
     pub fn parse(url: &str) -> Result<Self, StoreError> {
         let Some((scheme, rest)) = url.split_once(':') else {
             return Err(StoreError::InvalidUrl(
