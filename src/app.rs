@@ -10,12 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::{Actor, Addr, Arbiter};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
-use crate::config::{ConfigError, Settings};
-use crate::ops::health;
+use crate::call::registry::{CallRegistry, Drain};
+use crate::call::CallDeps;
+use crate::config::{ConfigError, Secret, Settings};
+use crate::media::voice;
+use crate::ops::{api, health};
 use crate::store::{DatabaseUrl, Store, StoreError, StoreOptions};
+use crate::stt::scripted::ScriptedProvider;
+use crate::stt::SttProvider;
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,12 @@ pub struct AppState {
     pub node_id: String,
     /// Deadline for the readiness probe's query.
     pub readiness_timeout_ms: u64,
+    /// Everything a call needs (store, STT provider, registry, policies).
+    pub calls: Arc<CallDeps>,
+    /// The live-call registry.
+    pub registry: Addr<CallRegistry>,
+    /// Bearer token of the operator API.
+    pub admin_token: Option<Secret>,
     draining: Arc<AtomicBool>,
 }
 
@@ -57,13 +69,18 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    persist_arbiter: Arbiter,
+    drain_timeout: Duration,
 }
 
-/// Stops a running application: marks the node draining, then stops the HTTP server gracefully.
+/// Stops a running application: marks the node draining, finishes every call (close 1001, final
+/// flush) within the drain deadline, then stops the HTTP server gracefully.
 #[derive(Clone)]
 pub struct ShutdownHandle {
     server: ServerHandle,
     draining: Arc<AtomicBool>,
+    registry: Addr<CallRegistry>,
+    drain_timeout: Duration,
 }
 
 impl ShutdownHandle {
@@ -73,9 +90,20 @@ impl ShutdownHandle {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Begins draining and waits until the server has stopped gracefully.
+    /// Stops taking calls, finishes and flushes every live call (bounded by the drain
+    /// deadline), then stops the server gracefully.
     pub async fn shutdown(&self) {
         self.begin_drain();
+        match tokio::time::timeout(self.drain_timeout, self.registry.send(Drain)).await {
+            Ok(Ok(report)) => {
+                tracing::info!(calls = report.calls, "all calls finished and flushed")
+            }
+            Ok(Err(err)) => tracing::error!(error = %err, "call registry unavailable during drain"),
+            Err(_) => tracing::error!(
+                timeout_s = self.drain_timeout.as_secs(),
+                "drain deadline passed with calls still flushing"
+            ),
+        }
         self.server.stop(true).await;
     }
 }
@@ -105,10 +133,23 @@ impl Application {
                 source,
             })?
             .port();
+        let stt = build_stt_provider(&settings)?;
+        let registry = CallRegistry::default().start();
+        let persist_arbiter = Arbiter::new();
+        let calls = Arc::new(CallDeps::new(
+            &settings,
+            store.clone(),
+            stt,
+            registry.clone(),
+            persist_arbiter.handle(),
+        ));
         let state = web::Data::new(AppState {
             store,
             node_id: settings.node_id.clone(),
             readiness_timeout_ms: settings.database.readiness_timeout_ms,
+            calls,
+            registry,
+            admin_token: settings.api.admin_token.clone(),
             draining: Arc::new(AtomicBool::new(false)),
         });
         let shared = state.clone();
@@ -117,6 +158,9 @@ impl Application {
                 .app_data(shared.clone())
                 .service(health::healthz)
                 .service(health::readyz)
+                .service(voice::voice_ws)
+                .service(api::list_calls)
+                .service(api::hangup)
         })
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout_secs);
@@ -131,10 +175,13 @@ impl Application {
             })?
             .run();
         tracing::info!(%addr, port, database = %state.store.redacted_url(), node_id = %settings.node_id, "callengine listening");
+        let drain_timeout = Duration::from_secs(settings.calls.drain_timeout_secs);
         Ok(Self {
             port,
             server,
             state,
+            persist_arbiter,
+            drain_timeout,
         })
     }
 
@@ -153,12 +200,16 @@ impl Application {
         ShutdownHandle {
             server: self.server.handle(),
             draining: self.state.draining.clone(),
+            registry: self.state.registry.clone(),
+            drain_timeout: self.drain_timeout,
         }
     }
 
-    /// Serves until stopped through a [`ShutdownHandle`].
+    /// Serves until stopped through a [`ShutdownHandle`], then stops the persisters' arbiter.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.persist_arbiter.stop();
+        result
     }
 }
 
@@ -208,6 +259,19 @@ pub async fn migrate_with_retry(
             Err(err) => return Err(err),
         }
     }
+}
+
+fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>, StartError> {
+    let queue = settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize;
+    let provider =
+        ScriptedProvider::new(settings.stt.scripted.clone(), queue).map_err(|message| {
+            StartError::Config(ConfigError::Invalid {
+                key: "stt.scripted".into(),
+                origin: String::new(),
+                message,
+            })
+        })?;
+    Ok(Arc::new(provider))
 }
 
 async fn sweep_orphans(store: &Store, settings: &Settings) -> Result<Vec<uuid::Uuid>, StoreError> {

@@ -131,6 +131,19 @@ pub struct CallSettings {
     /// On start-up, active calls of *any* node idle for longer than this are swept to
     /// `interrupted` (0 disables; calls of this node are always swept).
     pub stale_call_after_secs: u64,
+    /// A call that receives no audio for this long is ended (`idle_timeout`).
+    pub idle_timeout_secs: u64,
+    /// A partial with no final after this long is promoted to a turn.
+    pub partial_promote_ms: u64,
+    /// How long a call waits for its final flush before closing the socket anyway (the
+    /// persister keeps retrying in the background).
+    pub finish_timeout_secs: u64,
+    /// How long a starting call may wait for its row to be created.
+    pub start_timeout_secs: u64,
+    /// Turns a call may hold unsent while the database is unreachable.
+    pub max_unsent_turns: usize,
+    /// SIGTERM/SIGINT: how long to wait for every call to flush before exiting anyway.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for CallSettings {
@@ -139,8 +152,63 @@ impl Default for CallSettings {
             default_cost_per_second_micros: 1_000,
             postcall_max_attempts: 8,
             stale_call_after_secs: 6 * 3600,
+            idle_timeout_secs: 30,
+            partial_promote_ms: 2_500,
+            finish_timeout_secs: 15,
+            start_timeout_secs: 10,
+            max_unsent_turns: 10_000,
+            drain_timeout_secs: 25,
         }
     }
+}
+
+/// Speech-to-text settings (`[stt]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SttSettings {
+    /// Provider: `scripted` (more come with the next providers).
+    pub provider: String,
+    /// Restarts of a call's STT stream allowed per window…
+    pub restart_max: usize,
+    /// …of this many seconds; past it the call ends `failed`.
+    pub restart_window_secs: u64,
+    /// First reconnect delay; doubles per attempt, with ±20 % jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// Audio kept for replay after a reconnect (since the last final), at most.
+    pub replay_buffer_ms: u64,
+    /// Audio frames queued towards the provider before frames are dropped (and counted).
+    pub audio_queue_frames: usize,
+    /// How long the end of a call waits for the provider's last results.
+    pub finalize_timeout_ms: u64,
+    /// The scripted provider.
+    pub scripted: crate::stt::scripted::ScriptedSettings,
+}
+
+impl Default for SttSettings {
+    fn default() -> Self {
+        Self {
+            provider: "scripted".into(),
+            restart_max: 3,
+            restart_window_secs: 10,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 5_000,
+            replay_buffer_ms: 10_000,
+            audio_queue_frames: 50,
+            finalize_timeout_ms: 3_000,
+            scripted: Default::default(),
+        }
+    }
+}
+
+/// Operator API settings (`[api]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Bearer token for `/api/*`. Unset: the API answers 503 (disabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
 }
 
 /// All of callengine's settings.
@@ -163,6 +231,10 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Call bookkeeping settings.
     pub calls: CallSettings,
+    /// Speech-to-text.
+    pub stt: SttSettings,
+    /// Operator API.
+    pub api: ApiSettings,
 }
 
 impl Default for Settings {
@@ -176,6 +248,8 @@ impl Default for Settings {
             shutdown_timeout_secs: 30,
             database: DatabaseSettings::default(),
             calls: CallSettings::default(),
+            stt: SttSettings::default(),
+            api: ApiSettings::default(),
         }
     }
 }
@@ -258,6 +332,30 @@ impl Settings {
         }
         self.database_url()
             .map_err(|err| fail("database.url", err.to_string()))?;
+        if self.stt.provider != "scripted" {
+            return Err(fail(
+                "stt.provider",
+                format!(
+                    "unknown provider {:?} (available: scripted)",
+                    self.stt.provider
+                ),
+            ));
+        }
+        self.stt
+            .scripted
+            .load_lines()
+            .map_err(|err| fail("stt.scripted", err))?;
+        for (key, value) in [
+            ("calls.idle_timeout_secs", self.calls.idle_timeout_secs),
+            ("calls.finish_timeout_secs", self.calls.finish_timeout_secs),
+            ("calls.start_timeout_secs", self.calls.start_timeout_secs),
+            ("stt.restart_window_secs", self.stt.restart_window_secs),
+            ("stt.audio_queue_frames", self.stt.audio_queue_frames as u64),
+        ] {
+            if value == 0 {
+                return Err(fail(key, "must be greater than 0".into()));
+            }
+        }
         Ok(())
     }
 

@@ -5,10 +5,16 @@
 //! (used by the integration tests) and the `callengine` binary.
 
 pub mod app;
+pub mod audio;
+pub mod call;
 pub mod config;
+pub mod media;
 pub mod ops;
+pub mod persist;
 pub mod store;
+pub mod stt;
 pub mod telemetry;
+pub mod transcript;
 
 pub use app::Application;
 pub use config::Settings;

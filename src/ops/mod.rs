@@ -1,3 +1,5 @@
-//! The operator surface: health and readiness (metrics, calls API and dashboard come later).
+//! The operator surface: health, readiness and the live-calls API (metrics and the dashboard
+//! come later).
 
+pub mod api;
 pub mod health;

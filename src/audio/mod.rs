@@ -1,0 +1,3 @@
+//! Audio primitives. Pure: no I/O, no clocks.
+
+pub mod pcm;

@@ -1,0 +1,67 @@
+//! Calls: the per-call [`actor::CallActor`], the process-wide [`registry::CallRegistry`], and
+//! the pure pieces they use (end reasons, the outbound writer).
+
+pub mod actor;
+pub mod end;
+pub mod outbound;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::ArbiterHandle;
+
+use crate::config::Settings;
+use crate::store::Store;
+use crate::stt::actor::SttPolicy;
+use crate::stt::SttProvider;
+
+/// What every call needs, shared read-only by all of them.
+pub struct CallDeps {
+    pub store: Store,
+    pub stt: Arc<dyn SttProvider>,
+    pub stt_policy: SttPolicy,
+    pub registry: actix::Addr<registry::CallRegistry>,
+    /// Arbiter the persisters run on (outlives the HTTP workers).
+    pub persist_arbiter: ArbiterHandle,
+    pub idle_timeout: Duration,
+    pub partial_promote: Duration,
+    pub finish_timeout: Duration,
+    pub start_timeout: Duration,
+    pub max_unsent_turns: usize,
+}
+
+impl CallDeps {
+    /// Builds the shared call dependencies from settings.
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        stt: Arc<dyn SttProvider>,
+        registry: actix::Addr<registry::CallRegistry>,
+        persist_arbiter: ArbiterHandle,
+    ) -> Self {
+        let s = &settings.stt;
+        let c = &settings.calls;
+        Self {
+            store,
+            stt,
+            stt_policy: SttPolicy {
+                restart_max: s.restart_max,
+                restart_window: Duration::from_secs(s.restart_window_secs),
+                backoff_initial: Duration::from_millis(s.backoff_initial_ms),
+                backoff_max: Duration::from_millis(s.backoff_max_ms),
+                replay_buffer_ms: s.replay_buffer_ms as i64,
+                audio_queue_frames: s.audio_queue_frames,
+                finalize_timeout: Duration::from_millis(s.finalize_timeout_ms),
+                sample_rate: 16_000,
+            },
+            registry,
+            persist_arbiter,
+            idle_timeout: Duration::from_secs(c.idle_timeout_secs),
+            partial_promote: Duration::from_millis(c.partial_promote_ms),
+            finish_timeout: Duration::from_secs(c.finish_timeout_secs),
+            start_timeout: Duration::from_secs(c.start_timeout_secs),
+            max_unsent_turns: c.max_unsent_turns,
+        }
+    }
+}

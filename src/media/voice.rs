@@ -1,0 +1,156 @@
+//! `GET /ws/voice/{external_uuid}`: the generic PCM WebSocket.
+//!
+//! Query: `tenant_id`, `campaign_id`, `lead_id` (required UUIDs), `call_id` (optional UUID: link
+//! to that call), `phone_number` (optional). Audio: binary PCM s16le 16 kHz mono, 20 ms frames
+//! (640 bytes) or whole multiples up to 100 ms. Text `{"type":"stop"}` ends the call. Bad
+//! parameters: a JSON `{"type":"error","message":…}` naming the problem, then close 4000, and no
+//! call row.
+
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::call::actor::{CallActor, CallParams};
+use crate::store::Protocol;
+
+/// Largest WebSocket message accepted; bigger ones end the call with 1009.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Parses and checks the path and query; the error names what is wrong.
+pub fn parse_params(external_uuid: &str, query: &str) -> Result<CallParams, String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|err| format!("malformed query string: {err}"))?;
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let uuid = |name: &str, value: &str| {
+        Uuid::parse_str(value).map_err(|_| format!("{name} must be a UUID, got {value:?}"))
+    };
+    let required = |name: &str| match get(name) {
+        Some(value) if !value.is_empty() => uuid(name, value),
+        _ => Err(format!("missing required query parameter {name}")),
+    };
+    let external = uuid("external_uuid", external_uuid)?;
+    let params = CallParams {
+        tenant_id: required("tenant_id")?,
+        campaign_id: Some(required("campaign_id")?),
+        lead_id: Some(required("lead_id")?),
+        call_id: match get("call_id") {
+            Some(value) if !value.is_empty() => Some(uuid("call_id", value)?),
+            _ => None,
+        },
+        phone_number: match get("phone_number") {
+            Some(value) if value.len() > 64 => {
+                return Err("phone_number is longer than 64 characters".into())
+            }
+            Some(value) if !value.is_empty() => Some(value.to_string()),
+            _ => None,
+        },
+        external_id: Some(external.to_string()),
+        protocol: Protocol::Voice,
+        speaker: "contact".into(),
+    };
+    Ok(params)
+}
+
+/// The WebSocket upgrade: starts a `CallActor`, or answers bad parameters with 4000.
+#[get("/ws/voice/{external_uuid}")]
+pub async fn voice_ws(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if state.is_draining() {
+        return Ok(HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "draining", "reason": "node is shutting down"
+        })));
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
+    match parse_params(&path, req.query_string()) {
+        Ok(params) => {
+            CallActor::new(Arc::clone(&state.calls), params, session, stream).start();
+        }
+        Err(message) => {
+            tracing::warn!(%message, "voice session refused");
+            actix_web::rt::spawn(reject(session, message));
+        }
+    }
+    Ok(response)
+}
+
+async fn reject(mut session: actix_ws::Session, message: String) {
+    let event = serde_json::json!({ "type": "error", "message": message });
+    let _ = session.text(event.to_string()).await;
+    let reason = actix_ws::CloseReason {
+        code: actix_ws::CloseCode::Other(4000),
+        description: Some(message),
+    };
+    let _ = session.close(Some(reason)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "6a1d4a4e-8d1e-4a57-9a53-4f9f5b1d2c3a";
+
+    fn query(extra: &str) -> String {
+        format!("tenant_id={T}&campaign_id={T}&lead_id={T}{extra}")
+    }
+
+    #[test]
+    fn accepts_a_complete_request() {
+        let p = parse_params(T, &query("&phone_number=%2B14155550100&call_id=")).unwrap();
+        assert_eq!(p.phone_number.as_deref(), Some("+14155550100"));
+        assert_eq!(p.call_id, None);
+        assert_eq!(p.external_id.as_deref(), Some(T));
+    }
+
+    #[test]
+    fn names_each_bad_parameter() {
+        let cases = [
+            (
+                T.to_string(),
+                format!("campaign_id={T}&lead_id={T}"),
+                "missing required query parameter tenant_id",
+            ),
+            (
+                T.to_string(),
+                query("").replace("lead_id", "lead"),
+                "missing required query parameter lead_id",
+            ),
+            (
+                T.to_string(),
+                format!("tenant_id=abc&campaign_id={T}&lead_id={T}"),
+                "tenant_id must be a UUID",
+            ),
+            (
+                "not-a-uuid".to_string(),
+                query(""),
+                "external_uuid must be a UUID",
+            ),
+            (
+                T.to_string(),
+                query("&call_id=42"),
+                "call_id must be a UUID",
+            ),
+            (
+                T.to_string(),
+                query(&format!("&phone_number={}", "9".repeat(65))),
+                "phone_number is longer",
+            ),
+        ];
+        for (path, q, expected) in cases {
+            let err = parse_params(&path, &q).unwrap_err();
+            assert!(err.contains(expected), "{err} should contain {expected}");
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The `Persister`: one per call, the only writer of that call's rows.
+//!
+//! Turns are queued in order and written as soon as they arrive (batched when several wait).
+//! While the database is unreachable, writes are retried with capped, jittered backoff and the
+//! unsent turns stay queued in order (bounded; the count is visible). The final flush waits for
+//! the queue to drain, then completes the call in one transaction. Persisters run on an arbiter
+//! of their own that outlives the HTTP workers, and a persister that is dropped before its call
+//! was finished finishes it by itself (`stopping` keeps it alive until the write is done).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::call::registry::{CallRegistry, PersisterDown, PersisterUp};
+use crate::store::{
+    Call, CallCompletion, CallStatus, CompletionOutcome, LinkOutcome, NewCall, NewTurn, Store,
+    StoreError,
+};
+use crate::stt::supervision::Backoff;
+
+/// Turns written per transaction at most.
+const BATCH: usize = 64;
+
+/// Creates or links the call row; the persister remembers the call id.
+#[derive(Message)]
+#[rtype(result = "Result<(Call, LinkOutcome), StoreError>")]
+pub struct StartCall {
+    pub new_call: NewCall,
+    /// Keep retrying an unreachable database this long.
+    pub patience: Duration,
+}
+
+/// A final turn to write; `assembled_at` measures persist lag.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersistTurn {
+    pub turn: NewTurn,
+    pub assembled_at: Instant,
+}
+
+/// Turns now committed, in order (sent to the call so it can acknowledge them).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct TurnsCommitted {
+    pub turns: Vec<(i32, String)>,
+    /// Time from the newest turn's assembly to its commit.
+    pub lag: Duration,
+    /// Turns still waiting to be written.
+    pub unsent: usize,
+}
+
+/// The final flush: drain the queue, store the pending partial, complete the call.
+#[derive(Message)]
+#[rtype(result = "Result<CompletionOutcome, String>")]
+pub struct FinishCall {
+    pub status: CallStatus,
+    pub end_reason: String,
+    pub ended_at: DateTime<Utc>,
+    pub pending_partial: Option<NewTurn>,
+}
+
+/// Writes one call's rows.
+pub struct Persister {
+    store: Store,
+    registry: Addr<CallRegistry>,
+    call: Option<Recipient<TurnsCommitted>>,
+    call_id: Option<Uuid>,
+    queue: VecDeque<(NewTurn, Instant)>,
+    max_unsent: usize,
+    dropped_turns: u64,
+    in_flight: bool,
+    retry_scheduled: bool,
+    backoff: Backoff,
+    finish: Option<FinishCall>,
+    waiters: Vec<oneshot::Sender<Result<CompletionOutcome, String>>>,
+    finished: bool,
+}
+
+impl Persister {
+    /// A persister for one call; `call` receives commit acknowledgements.
+    pub fn new(
+        store: Store,
+        registry: Addr<CallRegistry>,
+        call: Recipient<TurnsCommitted>,
+        max_unsent: usize,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            call: Some(call),
+            call_id: None,
+            queue: VecDeque::new(),
+            max_unsent: max_unsent.max(1),
+            dropped_turns: 0,
+            in_flight: false,
+            retry_scheduled: false,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.2),
+            finish: None,
+            waiters: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Writes the next batch, or completes the call once the queue is empty and a finish waits.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.retry_scheduled || self.finished {
+            return;
+        }
+        let Some(call_id) = self.call_id else { return };
+        if !self.queue.is_empty() {
+            self.in_flight = true;
+            let batch: Vec<NewTurn> = self
+                .queue
+                .iter()
+                .take(BATCH)
+                .map(|(t, _)| t.clone())
+                .collect();
+            let store = self.store.clone();
+            let write = async move { store.append_turns(call_id, &batch).await };
+            ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+                act.in_flight = false;
+                match result {
+                    Ok(outcomes) => act.committed(outcomes.len(), ctx),
+                    Err(err) if is_permanent(&err) => act.give_up_batch(&err, ctx),
+                    Err(err) => act.retry_later(&err, ctx),
+                }
+            }));
+        } else if let Some(finish) = &self.finish {
+            self.in_flight = true;
+            let store = self.store.clone();
+            let completion = CallCompletion {
+                status: finish.status,
+                ended_at: finish.ended_at,
+                end_reason: finish.end_reason.clone(),
+                pending_partial: finish.pending_partial.clone(),
+            };
+            let write = async move { store.complete_call(call_id, &completion).await };
+            ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+                act.in_flight = false;
+                match result {
+                    Ok(outcome) => act.done(Ok(outcome), ctx),
+                    Err(err) if is_permanent(&err) => {
+                        tracing::error!(%call_id, error = %err, "call completion failed permanently");
+                        act.done(Err(err.to_string()), ctx)
+                    }
+                    Err(err) => act.retry_later(&err, ctx),
+                }
+            }));
+        }
+    }
+
+    fn committed(&mut self, count: usize, ctx: &mut Context<Self>) {
+        let mut turns = Vec::with_capacity(count);
+        let mut newest = None;
+        for (turn, assembled_at) in self.queue.drain(..count.min(self.queue.len())) {
+            newest = Some(assembled_at);
+            turns.push((turn.seq, turn.text));
+        }
+        self.backoff.reset();
+        let lag = newest.map(|t| t.elapsed()).unwrap_or_default();
+        if let Some(call) = &self.call {
+            call.do_send(TurnsCommitted {
+                turns,
+                lag,
+                unsent: self.queue.len(),
+            });
+        }
+        self.pump(ctx);
+    }
+
+    fn give_up_batch(&mut self, err: &StoreError, ctx: &mut Context<Self>) {
+        let count = self.queue.len().min(BATCH);
+        self.dropped_turns += count as u64;
+        tracing::error!(call_id = ?self.call_id, error = %err, turns = count, "turns could not be written and were dropped");
+        self.queue.drain(..count);
+        self.pump(ctx);
+    }
+
+    fn retry_later(&mut self, err: &StoreError, ctx: &mut Context<Self>) {
+        let delay = self.backoff.next_delay(fastrand::f64());
+        tracing::warn!(call_id = ?self.call_id, error = %err, unsent = self.queue.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+        self.retry_scheduled = true;
+        ctx.run_later(delay, |act, ctx| {
+            act.retry_scheduled = false;
+            act.pump(ctx);
+        });
+    }
+
+    fn done(&mut self, result: Result<CompletionOutcome, String>, ctx: &mut Context<Self>) {
+        self.finished = true;
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+        ctx.stop();
+    }
+}
+
+/// Errors a retry cannot fix.
+fn is_permanent(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::CallNotFound(_)
+            | StoreError::CallNotActive { .. }
+            | StoreError::InvalidInput(_)
+            | StoreError::ExternalIdInUse { .. }
+            | StoreError::Corrupt(_)
+    )
+}
+
+impl Actor for Persister {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _ = ctx;
+        self.registry.do_send(PersisterUp);
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        // Backstop: nobody finished this call (its actor died). Finish it before stopping.
+        if !self.finished && self.call_id.is_some() {
+            if self.finish.is_none() {
+                tracing::warn!(call_id = ?self.call_id, "persister dropped before the call finished; finishing it");
+                self.finish = Some(FinishCall {
+                    status: CallStatus::Completed,
+                    end_reason: "call_actor_lost".into(),
+                    ended_at: Utc::now(),
+                    pending_partial: None,
+                });
+            }
+            self.pump(ctx);
+            return Running::Continue;
+        }
+        Running::Stop
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        let _ = ctx;
+        self.registry.do_send(PersisterDown {
+            dropped_turns: self.dropped_turns,
+        });
+    }
+}
+
+impl Handler<StartCall> for Persister {
+    type Result = ResponseActFuture<Self, Result<(Call, LinkOutcome), StoreError>>;
+
+    fn handle(&mut self, msg: StartCall, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let create = async move {
+            let started = Instant::now();
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 0.2);
+            loop {
+                match store.create_or_link_call(&msg.new_call).await {
+                    Err(err) if !is_permanent(&err) && started.elapsed() < msg.patience => {
+                        tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        Box::pin(create.into_actor(self).map(|result, act, _ctx| {
+            if let Ok((call, _)) = &result {
+                act.call_id = Some(call.id);
+            }
+            result
+        }))
+    }
+}
+
+impl Handler<PersistTurn> for Persister {
+    type Result = ();
+
+    fn handle(&mut self, msg: PersistTurn, ctx: &mut Self::Context) {
+        if self.finished {
+            tracing::error!(call_id = ?self.call_id, seq = msg.turn.seq, "turn arrived after the call was completed");
+            return;
+        }
+        if self.queue.len() >= self.max_unsent {
+            self.dropped_turns += 1;
+            tracing::error!(call_id = ?self.call_id, seq = msg.turn.seq, "unsent-turn limit reached; turn dropped");
+            return;
+        }
+        self.queue.push_back((msg.turn, msg.assembled_at));
+        self.pump(ctx);
+    }
+}
+
+impl Handler<FinishCall> for Persister {
+    type Result = ResponseFuture<Result<CompletionOutcome, String>>;
+
+    fn handle(&mut self, msg: FinishCall, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.call_id.is_none() {
+            let _ = tx.send(Err("the call was never started".into()));
+            ctx.stop();
+        } else {
+            self.waiters.push(tx);
+            if self.finish.is_none() {
+                self.finish = Some(msg);
+            }
+            self.pump(ctx);
+        }
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("persister stopped".into())) })
+    }
+}

@@ -1,0 +1,360 @@
+//! The `SttActor`: one provider stream per call, supervised.
+//!
+//! It runs under an actix `Supervisor`: a broken stream makes the actor stop, the supervisor
+//! restarts it with its mailbox and state intact, and `started` reconnects after a capped,
+//! jittered backoff. Audio is kept in a replay buffer from the end of the last final onwards, so
+//! the new stream gets the audio the old one never turned into a final (with its call time
+//! offset), and audio arriving while disconnected waits there too. A restart budget (by default
+//! 3 in 10 s) bounds all this; past it, or on a fatal error, the call is told to end `failed`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::supervision::{Backoff, RestartBudget};
+use super::{StreamConfig, SttEvent, SttFailure, SttInput, SttProvider, SttSignal};
+use crate::transcript::buffer::{Transcribed, TranscriptBuffer};
+
+/// Validated call audio for the provider.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SttAudio {
+    pub pcm: Bytes,
+    pub millis: u32,
+}
+
+/// End of call: ask the provider for its last results and wait for them (bounded).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SttFinish;
+
+/// The stream's state, reported to the call for the operator surface.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct SttStatus {
+    pub state: SttState,
+    pub restarts: u32,
+    pub dropped_frames: u64,
+}
+
+/// STT gave up: past the restart budget, or a fatal provider error. The call must end `failed`.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SttGaveUp {
+    pub reason: String,
+}
+
+/// Where the provider stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SttState {
+    Connecting,
+    Streaming,
+    Reconnecting,
+    Finalizing,
+    Closed,
+    Failed,
+}
+
+impl SttState {
+    /// Lower-case name for APIs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Streaming => "streaming",
+            Self::Reconnecting => "reconnecting",
+            Self::Finalizing => "finalizing",
+            Self::Closed => "closed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Restart and buffering policy of one call's STT stream.
+#[derive(Debug, Clone)]
+pub struct SttPolicy {
+    pub restart_max: usize,
+    pub restart_window: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub replay_buffer_ms: i64,
+    pub audio_queue_frames: usize,
+    pub finalize_timeout: Duration,
+    pub sample_rate: u32,
+}
+
+/// Who an `SttActor` reports to.
+pub struct SttLinks {
+    pub transcript: Addr<TranscriptBuffer>,
+    pub status: Recipient<SttStatus>,
+    pub gave_up: Recipient<SttGaveUp>,
+}
+
+/// Drives one call's provider stream.
+pub struct SttActor {
+    call_id: Uuid,
+    provider: Arc<dyn SttProvider>,
+    policy: SttPolicy,
+    links: SttLinks,
+    budget: RestartBudget,
+    backoff: Backoff,
+    state: SttState,
+    session_index: u32,
+    restarts: u32,
+    audio: Option<mpsc::Sender<SttInput>>,
+    /// Audio since the end of the last final: `(call offset ms, duration ms, pcm)`.
+    replay: VecDeque<(i64, i64, Bytes)>,
+    replay_ms: i64,
+    next_offset_ms: i64,
+    dropped_frames: u64,
+    finalized: Option<oneshot::Sender<()>>,
+    finish_requested: bool,
+}
+
+impl SttActor {
+    /// An actor for `call_id` using `provider`.
+    pub fn new(
+        call_id: Uuid,
+        provider: Arc<dyn SttProvider>,
+        policy: SttPolicy,
+        links: SttLinks,
+    ) -> Self {
+        Self {
+            call_id,
+            budget: RestartBudget::new(policy.restart_max, policy.restart_window),
+            backoff: Backoff::new(policy.backoff_initial, policy.backoff_max, 0.2),
+            provider,
+            policy,
+            links,
+            state: SttState::Connecting,
+            session_index: 0,
+            restarts: 0,
+            audio: None,
+            replay: VecDeque::new(),
+            replay_ms: 0,
+            next_offset_ms: 0,
+            dropped_frames: 0,
+            finalized: None,
+            finish_requested: false,
+        }
+    }
+
+    fn set_state(&mut self, state: SttState) {
+        self.state = state;
+        self.links.status.do_send(SttStatus {
+            state,
+            restarts: self.restarts,
+            dropped_frames: self.dropped_frames,
+        });
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let start_offset_ms = self
+            .replay
+            .front()
+            .map_or(self.next_offset_ms, |(offset, _, _)| *offset);
+        let config = StreamConfig {
+            call_id: self.call_id,
+            sample_rate: self.policy.sample_rate,
+            start_offset_ms,
+            session_index: self.session_index,
+        };
+        let opening = self.provider.open(config);
+        ctx.spawn(
+            opening
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(session) => {
+                        let mut signals = session.signals;
+                        ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+                            signals.poll_recv(cx)
+                        }));
+                        act.audio = Some(session.audio);
+                        act.set_state(SttState::Streaming);
+                        act.replay_buffered();
+                        if act.finish_requested {
+                            act.send_finalize();
+                        }
+                    }
+                    Err(failure) => act.on_failure(failure, ctx),
+                }),
+        );
+    }
+
+    /// Sends everything in the replay buffer to a fresh stream.
+    fn replay_buffered(&mut self) {
+        let chunks: Vec<(i64, Bytes)> = self
+            .replay
+            .iter()
+            .map(|(offset, _, pcm)| (*offset, pcm.clone()))
+            .collect();
+        for (offset_ms, pcm) in chunks {
+            self.forward(pcm, offset_ms);
+        }
+    }
+
+    fn forward(&mut self, pcm: Bytes, offset_ms: i64) {
+        let Some(audio) = &self.audio else { return };
+        if audio.try_send(SttInput::Audio { pcm, offset_ms }).is_err() {
+            self.dropped_frames += 1;
+        }
+    }
+
+    fn send_finalize(&mut self) {
+        if let Some(audio) = self.audio.clone() {
+            self.state = SttState::Finalizing;
+            actix::spawn(async move {
+                let _ = audio.send(SttInput::Finalize).await;
+            });
+        }
+    }
+
+    fn trim_replay(&mut self, until_ms: i64) {
+        while let Some((offset, millis, _)) = self.replay.front() {
+            if offset + millis > until_ms {
+                break;
+            }
+            self.replay_ms -= millis;
+            self.replay.pop_front();
+        }
+    }
+
+    fn on_failure(&mut self, failure: SttFailure, ctx: &mut Context<Self>) {
+        self.audio = None;
+        if self.finish_requested {
+            // The call is ending anyway: no reconnect, release the waiting finish.
+            self.finish_done();
+            return;
+        }
+        if !failure.retryable {
+            return self.give_up(format!(
+                "STT provider refused the stream: {}",
+                failure.message
+            ));
+        }
+        if !self.budget.try_spend(Instant::now()) {
+            return self.give_up(format!(
+                "STT failed more than {} times in {} s; last error: {}",
+                self.policy.restart_max,
+                self.policy.restart_window.as_secs(),
+                failure.message
+            ));
+        }
+        tracing::warn!(call_id = %self.call_id, error = %failure.message, restarts = self.restarts + 1, "STT stream broke; restarting");
+        self.restarts += 1;
+        self.session_index += 1;
+        self.set_state(SttState::Reconnecting);
+        // The supervisor restarts us with state and mailbox intact; `started` reconnects.
+        ctx.stop();
+    }
+
+    fn give_up(&mut self, reason: String) {
+        tracing::error!(call_id = %self.call_id, %reason, "STT gave up");
+        self.set_state(SttState::Failed);
+        self.links.gave_up.do_send(SttGaveUp { reason });
+    }
+
+    fn finish_done(&mut self) {
+        if self.state != SttState::Failed {
+            self.set_state(SttState::Closed);
+        }
+        if let Some(done) = self.finalized.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Actor for SttActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.policy.audio_queue_frames.max(1));
+        if self.session_index == 0 {
+            self.connect(ctx);
+        } else {
+            let delay = self.backoff.next_delay(fastrand::f64());
+            ctx.run_later(delay, |act, ctx| act.connect(ctx));
+        }
+    }
+}
+
+impl Supervised for SttActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.audio = None;
+    }
+}
+
+impl Handler<SttAudio> for SttActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SttAudio, _ctx: &mut Self::Context) {
+        if self.finish_requested || self.state == SttState::Failed {
+            return;
+        }
+        let offset_ms = self.next_offset_ms;
+        let millis = i64::from(msg.millis);
+        self.next_offset_ms += millis;
+        self.replay.push_back((offset_ms, millis, msg.pcm.clone()));
+        self.replay_ms += millis;
+        while self.replay_ms > self.policy.replay_buffer_ms {
+            if let Some((_, dropped, _)) = self.replay.pop_front() {
+                self.replay_ms -= dropped;
+            }
+        }
+        if self.state == SttState::Streaming {
+            self.forward(msg.pcm, offset_ms);
+        }
+    }
+}
+
+impl StreamHandler<SttSignal> for SttActor {
+    fn handle(&mut self, signal: SttSignal, ctx: &mut Self::Context) {
+        match signal {
+            SttSignal::Event(event) => {
+                if let SttEvent::Final {
+                    end_ms: Some(end), ..
+                } = &event
+                {
+                    self.trim_replay(*end);
+                    self.backoff.reset();
+                }
+                self.links.transcript.do_send(Transcribed(event));
+            }
+            SttSignal::Failed(failure) => self.on_failure(failure, ctx),
+            SttSignal::Closed => self.finish_done(),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The provider's channel ended without `Closed` or `Failed`.
+        match self.state {
+            SttState::Finalizing => self.finish_done(),
+            SttState::Streaming => {
+                self.on_failure(SttFailure::retryable("provider stream ended"), ctx)
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Handler<SttFinish> for SttActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: SttFinish, _ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.finish_requested = true;
+        self.finalized = Some(tx);
+        match self.state {
+            SttState::Streaming => self.send_finalize(),
+            _ => self.finish_done(),
+        }
+        let limit = self.policy.finalize_timeout;
+        Box::pin(async move {
+            let _ = tokio::time::timeout(limit, rx).await;
+        })
+    }
+}
