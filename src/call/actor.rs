@@ -465,7 +465,13 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for CallActor {
             Ok(WsMessage::Close(_)) => self.begin_finish(EndReason::ClientClosed, ctx),
             Ok(WsMessage::Pong(_) | WsMessage::Nop) => {}
             Ok(WsMessage::Continuation(_)) => self.counters.text_ignored += 1,
+            // A reset connection surfaces as an I/O error: the caller is gone, not misbehaving.
+            Err(ProtocolError::Io(err)) => {
+                tracing::info!(call_id = ?self.call_id, error = %err, "connection lost");
+                self.begin_finish(EndReason::ConnectionLost, ctx)
+            }
             Err(err) => {
+                tracing::warn!(call_id = ?self.call_id, error = %err, "WebSocket protocol error");
                 let message_too_big = matches!(err, ProtocolError::Overflow);
                 self.begin_finish(
                     EndReason::ProtocolError {
