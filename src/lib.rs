@@ -7,6 +7,7 @@
 pub mod app;
 pub mod audio;
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod media;
 pub mod ops;

@@ -129,7 +129,7 @@ impl CallActor {
         session: actix_ws::Session,
         stream: MessageStream,
     ) -> Self {
-        let now = Instant::now();
+        let now = crate::clock::now();
         Self {
             deps,
             params,
@@ -183,7 +183,7 @@ impl CallActor {
         let call_id = call.id;
         self.call_id = Some(call_id);
         self.phase = Phase::Live;
-        self.last_audio = Instant::now();
+        self.last_audio = crate::clock::now();
         let me = ctx.address();
         self.deps.registry.do_send(Register {
             call_id,
@@ -198,7 +198,7 @@ impl CallActor {
         let transcript = TranscriptBuffer::new(
             &self.params.speaker,
             self.deps.partial_promote,
-            persister,
+            persister.recipient(),
             me.clone().recipient(),
         )
         .start();
@@ -229,7 +229,9 @@ impl CallActor {
         }));
         let idle = self.deps.idle_timeout;
         ctx.run_interval(Duration::from_millis(250).min(idle), move |act, ctx| {
-            if act.phase == Phase::Live && act.last_audio.elapsed() >= idle {
+            if act.phase == Phase::Live
+                && crate::clock::now().duration_since(act.last_audio) >= idle
+            {
                 ctx.notify(Finish(EndReason::IdleTimeout));
             }
         });
@@ -262,7 +264,7 @@ impl CallActor {
                 }
             }
             Ok(millis) => {
-                self.last_audio = Instant::now();
+                self.last_audio = crate::clock::now();
                 let delivered = self
                     .stt
                     .as_ref()
@@ -377,7 +379,7 @@ impl CallActor {
                 Phase::Finishing => "finishing",
                 Phase::Done => "done",
             },
-            uptime_ms: self.created.elapsed().as_millis() as u64,
+            uptime_ms: crate::clock::now().duration_since(self.created).as_millis() as u64,
             frames_in: c.frames_in,
             frames_invalid: c.frames_invalid,
             frames_dropped: c.frames_dropped + c.stt_dropped,

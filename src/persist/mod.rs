@@ -161,7 +161,9 @@ impl Persister {
             turns.push((turn.seq, turn.text));
         }
         self.backoff.reset();
-        let lag = newest.map(|t| t.elapsed()).unwrap_or_default();
+        let lag = newest
+            .map(|t| crate::clock::now().duration_since(t))
+            .unwrap_or_default();
         if let Some(call) = &self.call {
             call.do_send(TurnsCommitted {
                 turns,
@@ -251,7 +253,7 @@ impl Handler<StartCall> for Persister {
     fn handle(&mut self, msg: StartCall, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         let create = async move {
-            let started = Instant::now();
+            let started = crate::clock::now();
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 0.2);
             loop {
                 match store.create_or_link_call(&msg.new_call).await {

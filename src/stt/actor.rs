@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -236,7 +236,7 @@ impl SttActor {
                 failure.message
             ));
         }
-        if !self.budget.try_spend(Instant::now()) {
+        if !self.budget.try_spend(crate::clock::now()) {
             return self.give_up(format!(
                 "STT failed more than {} times in {} s; last error: {}",
                 self.policy.restart_max,

@@ -1,12 +1,12 @@
 //! The `TranscriptBuffer` actor: drives one call's [`TurnAssembler`] with provider events and a
 //! promotion timer; partials go to the call (for the client), finals to the persister.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::assembler::{AssemblerOutput, TurnAssembler};
-use crate::persist::{PersistTurn, Persister};
+use crate::persist::PersistTurn;
 use crate::store::NewTurn;
 use crate::stt::SttEvent;
 
@@ -31,7 +31,7 @@ pub struct FlushTranscript;
 /// Holds the partial of the turn in progress for one call.
 pub struct TranscriptBuffer {
     assembler: TurnAssembler,
-    persister: Addr<Persister>,
+    persister: Recipient<PersistTurn>,
     call: Recipient<PartialUpdate>,
     timer: Option<SpawnHandle>,
     flushed: bool,
@@ -42,7 +42,7 @@ impl TranscriptBuffer {
     pub fn new(
         speaker: &str,
         promote_after: Duration,
-        persister: Addr<Persister>,
+        persister: Recipient<PersistTurn>,
         call: Recipient<PartialUpdate>,
     ) -> Self {
         Self {
@@ -62,7 +62,7 @@ impl TranscriptBuffer {
             // Transcript events are never dropped: do_send ignores mailbox limits.
             Some(AssemblerOutput::Final(turn)) => self.persister.do_send(PersistTurn {
                 turn,
-                assembled_at: Instant::now(),
+                assembled_at: crate::clock::now(),
             }),
             None => {}
         }
@@ -73,10 +73,10 @@ impl TranscriptBuffer {
             ctx.cancel_future(handle);
         }
         if let Some(due) = self.assembler.deadline() {
-            let wait = due.saturating_duration_since(Instant::now());
+            let wait = due.saturating_duration_since(crate::clock::now());
             self.timer = Some(ctx.run_later(wait, |act, ctx| {
                 act.timer = None;
-                let output = act.assembler.on_tick(Instant::now());
+                let output = act.assembler.on_tick(crate::clock::now());
                 act.dispatch(output);
                 act.arm_timer(ctx);
             }));
@@ -93,7 +93,7 @@ impl Actor for TranscriptBuffer {
             if let Some(turn) = self.assembler.take_pending() {
                 self.persister.do_send(PersistTurn {
                     turn,
-                    assembled_at: Instant::now(),
+                    assembled_at: crate::clock::now(),
                 });
             }
         }
@@ -105,7 +105,7 @@ impl Handler<Transcribed> for TranscriptBuffer {
     type Result = ();
 
     fn handle(&mut self, msg: Transcribed, ctx: &mut Self::Context) {
-        let output = self.assembler.on_event(msg.0, Instant::now());
+        let output = self.assembler.on_event(msg.0, crate::clock::now());
         self.dispatch(output);
         self.arm_timer(ctx);
     }
@@ -118,5 +118,102 @@ impl Handler<FlushTranscript> for TranscriptBuffer {
         self.flushed = true;
         ctx.stop();
         self.assembler.take_pending()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what the buffer sends out.
+    #[derive(Default, Clone)]
+    struct Sink {
+        turns: Arc<Mutex<Vec<NewTurn>>>,
+        partials: Arc<Mutex<Vec<(i32, String)>>>,
+    }
+
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<PersistTurn> for Sink {
+        type Result = ();
+        fn handle(&mut self, msg: PersistTurn, _ctx: &mut Self::Context) {
+            self.turns.lock().unwrap().push(msg.turn);
+        }
+    }
+
+    impl Handler<PartialUpdate> for Sink {
+        type Result = ();
+        fn handle(&mut self, msg: PartialUpdate, _ctx: &mut Self::Context) {
+            self.partials.lock().unwrap().push((msg.seq, msg.text));
+        }
+    }
+
+    fn partial(text: &str) -> Transcribed {
+        Transcribed(SttEvent::Partial {
+            text: text.into(),
+            start_ms: None,
+            end_ms: None,
+        })
+    }
+
+    #[actix_rt::test]
+    async fn promotion_timer_runs_on_paused_time() {
+        tokio::time::pause();
+        let sink = Sink::default();
+        let out = sink.clone().start();
+        let buffer = TranscriptBuffer::new(
+            "contact",
+            Duration::from_millis(1500),
+            out.clone().recipient(),
+            out.recipient(),
+        )
+        .start();
+        buffer.send(partial("i need")).await.unwrap();
+        buffer.send(partial("i need a plumber")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        assert!(sink.turns.lock().unwrap().is_empty(), "not due yet");
+        // A newer partial restarts the wait.
+        buffer
+            .send(partial("i need a plumber today"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        assert!(
+            sink.turns.lock().unwrap().is_empty(),
+            "the wait restarted with the new partial"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let turns = sink.turns.lock().unwrap().clone();
+        assert_eq!(turns.len(), 1);
+        assert_eq!(
+            (turns[0].seq, turns[0].text.as_str(), turns[0].is_final),
+            (1, "i need a plumber today", true)
+        );
+        assert_eq!(sink.partials.lock().unwrap().len(), 3);
+        assert_eq!(
+            buffer.send(FlushTranscript).await.unwrap(),
+            None,
+            "nothing pending after promotion"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn flush_hands_over_the_pending_partial_as_non_final() {
+        let sink = Sink::default();
+        let out = sink.clone().start();
+        let buffer = TranscriptBuffer::new(
+            "contact",
+            Duration::from_secs(60),
+            out.clone().recipient(),
+            out.clone().recipient(),
+        )
+        .start();
+        buffer.send(partial("tomorrow at nine")).await.unwrap();
+        let pending = buffer.send(FlushTranscript).await.unwrap().unwrap();
+        assert_eq!((pending.seq, pending.is_final), (1, false));
     }
 }

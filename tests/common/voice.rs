@@ -189,6 +189,16 @@ impl VoiceClient {
         }
     }
 
+    /// Sends `pcm` once, in 100 ms frames (the last one padded with silence to whole 20 ms).
+    pub async fn send_pcm(&mut self, pcm: &[u8]) {
+        for chunk in pcm.chunks(3200) {
+            let mut frame = chunk.to_vec();
+            frame.resize(chunk.len().div_ceil(640) * 640, 0);
+            self.sink.send(Message::Binary(frame.into())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Sends one binary message as is.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.sink.send(Message::Binary(bytes.into())).await.unwrap();

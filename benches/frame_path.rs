@@ -1,0 +1,157 @@
+//! Hot paths of the realtime call: PCM validation, the turn assembler, and one validated frame
+//! handed through the `SttActor` mailbox to the provider's audio channel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use callengine::audio::pcm::{validate_frame, PcmFormat};
+use callengine::persist::PersistTurn;
+use callengine::stt::actor::{SttActor, SttAudio, SttGaveUp, SttLinks, SttPolicy, SttStatus};
+use callengine::stt::{StreamConfig, SttEvent, SttFailure, SttProvider, SttSession};
+use callengine::transcript::assembler::TurnAssembler;
+use callengine::transcript::buffer::{PartialUpdate, TranscriptBuffer};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use futures_util::future::LocalBoxFuture;
+use tokio::sync::mpsc;
+
+fn pcm_validation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pcm_validate");
+    group.throughput(Throughput::Elements(1));
+    let frame = vec![0u8; 640];
+    group.bench_function("640B_ok", |b| {
+        b.iter(|| validate_frame(PcmFormat::WIDEBAND, black_box(&frame)))
+    });
+    let bad = vec![0u8; 641];
+    group.bench_function("641B_rejected", |b| {
+        b.iter(|| validate_frame(PcmFormat::WIDEBAND, black_box(&bad)))
+    });
+    group.finish();
+}
+
+fn turn_assembler(c: &mut Criterion) {
+    let mut group = c.benchmark_group("turn_assembler");
+    group.throughput(Throughput::Elements(3));
+    let now = Instant::now();
+    let mut end = 0i64;
+    let mut assembler = TurnAssembler::new("contact", Duration::from_secs(2));
+    group.bench_function("partial_partial_final", |b| {
+        b.iter(|| {
+            end += 1000;
+            let p = |t: &str| SttEvent::Partial {
+                text: t.into(),
+                start_ms: None,
+                end_ms: None,
+            };
+            black_box(assembler.on_event(p("i would like"), now));
+            black_box(assembler.on_event(p("i would like to book a"), now));
+            let f = SttEvent::Final {
+                text: format!("i would like to book a plumber {end}"),
+                start_ms: None,
+                end_ms: Some(end),
+                confidence: Some(0.9),
+            };
+            black_box(assembler.on_event(f, now))
+        })
+    });
+    group.finish();
+}
+
+/// A provider whose streams swallow audio (the boundary the benchmark stops at).
+struct NullProvider;
+
+impl SttProvider for NullProvider {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn open(
+        &self,
+        _config: StreamConfig,
+    ) -> LocalBoxFuture<'static, Result<SttSession, SttFailure>> {
+        let (audio, mut rx) = mpsc::channel(4096);
+        let (_signals_tx, signals) = mpsc::unbounded_channel();
+        actix::spawn(async move {
+            let _keep = _signals_tx;
+            while rx.recv().await.is_some() {}
+        });
+        Box::pin(async move { Ok(SttSession { audio, signals }) })
+    }
+}
+
+/// Absorbs everything the STT actor reports.
+struct Sink;
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+
+macro_rules! absorb {
+    ($($msg:ty),+) => {$(
+        impl Handler<$msg> for Sink {
+            type Result = ();
+            fn handle(&mut self, _msg: $msg, _ctx: &mut Self::Context) {}
+        }
+    )+};
+}
+absorb!(PersistTurn, PartialUpdate, SttStatus, SttGaveUp);
+
+fn frame_to_stt(c: &mut Criterion) {
+    let system = actix::System::new();
+    let stt = system.block_on(async {
+        let sink = Sink.start();
+        let transcript = TranscriptBuffer::new(
+            "contact",
+            Duration::from_secs(2),
+            sink.clone().recipient(),
+            sink.clone().recipient(),
+        )
+        .start();
+        let policy = SttPolicy {
+            restart_max: 3,
+            restart_window: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(5),
+            replay_buffer_ms: 10_000,
+            audio_queue_frames: 50,
+            finalize_timeout: Duration::from_secs(1),
+            sample_rate: 16_000,
+        };
+        let links = SttLinks {
+            transcript,
+            status: sink.clone().recipient(),
+            gave_up: sink.recipient(),
+        };
+        let addr = SttActor::new(uuid::Uuid::nil(), Arc::new(NullProvider), policy, links).start();
+        // Let the stream connect before measuring.
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        addr
+    });
+    let frame = Bytes::from(vec![0u8; 640]);
+    let mut group = c.benchmark_group("frame_path");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("validate_and_hand_to_stt", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let millis = validate_frame(PcmFormat::WIDEBAND, &frame).unwrap();
+                    stt.send(SttAudio {
+                        pcm: frame.clone(),
+                        millis,
+                    })
+                    .await
+                    .unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pcm_validation, turn_assembler, frame_to_stt);
+criterion_main!(benches);
