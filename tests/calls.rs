@@ -48,6 +48,7 @@ on_both_backends!(
     oversized_message_ends_only_its_own_call,
     many_concurrent_calls_ending_at_random_lose_nothing,
     a_stale_partial_is_promoted_to_a_turn,
+    slow_stt_drops_audio_not_transcript,
 );
 
 fn tone() -> Vec<u8> {
@@ -556,6 +557,56 @@ async fn a_stale_partial_is_promoted_to_a_turn(backend: Backend) {
         status: CallStatus::Completed,
         end_reason: "caller_hangup",
         finals: 2,
+        close: Some(1000),
+        client_saw_all: true,
+    };
+    assert_durable(app.store(), &log, expect).await;
+    app.stop().await;
+}
+
+async fn slow_stt_drops_audio_not_transcript(backend: Backend) {
+    // A provider that needs 30 ms per 100 ms message, fed 20x faster than real time, behind
+    // small queues: audio must be dropped (and counted), transcript events never.
+    let app = TestApp::start(
+        backend,
+        &[
+            ("CALLENGINE_STT__SCRIPTED__CHUNK_DELAY_MS", "30"),
+            ("CALLENGINE_STT__AUDIO_QUEUE_FRAMES", "4"),
+            ("CALLENGINE_STT__REPLAY_BUFFER_MS", "200"),
+            ("CALLENGINE_CALLS__PARTIAL_PROMOTE_MS", "120000"),
+        ],
+    )
+    .await;
+    let mut client = VoiceClient::connect(app.port, Uuid::new_v4(), &call_query()).await;
+    let call_id = client.wait_started().await;
+    client.send_audio(4_000, &tone()).await;
+    wait_received(app.port, call_id, 40).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // drop counts are reported each second
+    let seen = wait_received(app.port, call_id, 40).await;
+    let dropped = seen["frames_dropped"].as_u64().unwrap();
+    assert!(
+        dropped > 0,
+        "a slow provider makes the call drop audio: {seen}"
+    );
+    assert!(dropped < 40, "{seen}");
+    client.close(1000).await;
+    let log = client.finished().await;
+    let stored = app
+        .store()
+        .list_turns(call_id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.is_final)
+        .count();
+    assert!(
+        stored < 20,
+        "fewer turns than the audio sent, since audio was dropped: {stored}"
+    );
+    let expect = Expect {
+        status: CallStatus::Completed,
+        end_reason: "caller_hangup",
+        finals: stored,
         close: Some(1000),
         client_saw_all: true,
     };

@@ -26,7 +26,7 @@ use super::outbound::{spawn_writer, Outbound};
 use super::registry::{Register, Unregister};
 use super::CallDeps;
 use crate::audio::pcm::{validate_frame, PcmFormat};
-use crate::persist::{FinishCall, Persister, StartCall, TurnsCommitted};
+use crate::persist::{FinishCall, PersistBacklog, Persister, StartCall, TurnsCommitted};
 use crate::store::{CompletionOutcome, Direction, LinkOutcome, NewCall, Protocol, StoreError};
 use crate::stt::actor::{SttActor, SttAudio, SttFinish, SttGaveUp, SttLinks, SttState, SttStatus};
 use crate::transcript::buffer::{FlushTranscript, PartialUpdate, TranscriptBuffer};
@@ -410,7 +410,12 @@ impl Actor for CallActor {
         );
         let max_unsent = self.deps.max_unsent_turns;
         let persister = Persister::start_in_arbiter(&self.deps.persist_arbiter, move |_| {
-            Persister::new(store, registry, me.recipient(), max_unsent)
+            Persister::new(
+                store,
+                registry,
+                (me.clone().recipient(), me.recipient()),
+                max_unsent,
+            )
         });
         self.persister = Some(persister.clone());
         let start = StartCall {
@@ -520,6 +525,14 @@ impl Handler<TurnsCommitted> for CallActor {
             // Sent only after the commit: a client's `final` means the turn is durable.
             self.send_event(json!({ "type": "final", "seq": seq, "text": text }));
         }
+    }
+}
+
+impl Handler<PersistBacklog> for CallActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PersistBacklog, _ctx: &mut Self::Context) {
+        self.counters.unsent_turns = msg.unsent;
     }
 }
 

@@ -53,6 +53,13 @@ pub struct TurnsCommitted {
     pub unsent: usize,
 }
 
+/// Writes are failing; this many turns wait in memory (sent on every retry).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct PersistBacklog {
+    pub unsent: usize,
+}
+
 /// The final flush: drain the queue, store the pending partial, complete the call.
 #[derive(Message)]
 #[rtype(result = "Result<CompletionOutcome, String>")]
@@ -67,7 +74,7 @@ pub struct FinishCall {
 pub struct Persister {
     store: Store,
     registry: Addr<CallRegistry>,
-    call: Option<Recipient<TurnsCommitted>>,
+    call: Option<(Recipient<TurnsCommitted>, Recipient<PersistBacklog>)>,
     call_id: Option<Uuid>,
     queue: VecDeque<(NewTurn, Instant)>,
     max_unsent: usize,
@@ -85,7 +92,7 @@ impl Persister {
     pub fn new(
         store: Store,
         registry: Addr<CallRegistry>,
-        call: Recipient<TurnsCommitted>,
+        call: (Recipient<TurnsCommitted>, Recipient<PersistBacklog>),
         max_unsent: usize,
     ) -> Self {
         Self {
@@ -164,7 +171,7 @@ impl Persister {
         let lag = newest
             .map(|t| crate::clock::now().duration_since(t))
             .unwrap_or_default();
-        if let Some(call) = &self.call {
+        if let Some((call, _)) = &self.call {
             call.do_send(TurnsCommitted {
                 turns,
                 lag,
@@ -185,6 +192,11 @@ impl Persister {
     fn retry_later(&mut self, err: &StoreError, ctx: &mut Context<Self>) {
         let delay = self.backoff.next_delay(fastrand::f64());
         tracing::warn!(call_id = ?self.call_id, error = %err, unsent = self.queue.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+        if let Some((_, backlog)) = &self.call {
+            backlog.do_send(PersistBacklog {
+                unsent: self.queue.len(),
+            });
+        }
         self.retry_scheduled = true;
         ctx.run_later(delay, |act, ctx| {
             act.retry_scheduled = false;

@@ -111,6 +111,7 @@ pub struct SttActor {
     replay_ms: i64,
     next_offset_ms: i64,
     dropped_frames: u64,
+    reported_dropped: u64,
     finalized: Option<oneshot::Sender<()>>,
     finish_requested: bool,
 }
@@ -138,6 +139,7 @@ impl SttActor {
             replay_ms: 0,
             next_offset_ms: 0,
             dropped_frames: 0,
+            reported_dropped: 0,
             finalized: None,
             finish_requested: false,
         }
@@ -145,6 +147,7 @@ impl SttActor {
 
     fn set_state(&mut self, state: SttState) {
         self.state = state;
+        self.reported_dropped = self.dropped_frames;
         self.links.status.do_send(SttStatus {
             state,
             restarts: self.restarts,
@@ -273,6 +276,12 @@ impl Actor for SttActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.policy.audio_queue_frames.max(1));
+        // Drops happen per frame; report them at most once a second.
+        ctx.run_interval(Duration::from_secs(1), |act, _ctx| {
+            if act.dropped_frames != act.reported_dropped {
+                act.set_state(act.state);
+            }
+        });
         if self.session_index == 0 {
             self.connect(ctx);
         } else {

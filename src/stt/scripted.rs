@@ -10,7 +10,7 @@
 //!
 //! Turn `k`'s text is line `k` of the script (cycled). Faults for tests: the first
 //! `fail_sessions` streams of every call fail after `fail_after_ms` of their own audio
-//! (retryable unless `fail_fatal`).
+//! (retryable unless `fail_fatal`); `chunk_delay_ms` makes the provider slower than real time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +60,8 @@ pub struct ScriptedSettings {
     pub fail_after_ms: u64,
     /// Injected failures are fatal (no reconnect) instead of retryable.
     pub fail_fatal: bool,
+    /// Time the provider takes per audio message, simulating an STT slower than real time.
+    pub chunk_delay_ms: u64,
 }
 
 impl Default for ScriptedSettings {
@@ -85,6 +87,7 @@ impl Default for ScriptedSettings {
             fail_sessions: 0,
             fail_after_ms: 0,
             fail_fatal: false,
+            chunk_delay_ms: 0,
         }
     }
 }
@@ -143,8 +146,12 @@ impl SttProvider for ScriptedProvider {
         let (audio_tx, mut audio_rx) = mpsc::channel(self.queue_frames);
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
         let mut script = Script::new(self.settings.clone(), self.lines.clone(), &config);
+        let delay = std::time::Duration::from_millis(self.settings.chunk_delay_ms);
         actix_web::rt::spawn(async move {
             while let Some(input) = audio_rx.recv().await {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let (signals, done) = match input {
                     SttInput::Audio { pcm, offset_ms } => script.push(&pcm, offset_ms),
                     SttInput::Finalize => (script.finalize(), true),
