@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use callengine::store::{CallStatus, Protocol};
 use common::voice::*;
-use common::{http_get, Backend};
+use common::{http_get, http_request, Backend};
 use uuid::Uuid;
 
 macro_rules! on_both_backends {
@@ -51,13 +51,6 @@ on_both_backends!(
     slow_stt_drops_audio_not_transcript,
 );
 
-fn tone() -> Vec<u8> {
-    (0..1600)
-        .map(|i| ((i as f64 * 0.3).sin() * 3000.0) as i16)
-        .flat_map(i16::to_le_bytes)
-        .collect()
-}
-
 async fn client_close_flushes_every_turn_and_the_pending_partial(backend: Backend) {
     let app = TestApp::start(backend, &[]).await;
     let external = Uuid::new_v4();
@@ -67,13 +60,7 @@ async fn client_close_flushes_every_turn_and_the_pending_partial(backend: Backen
     client.send_audio(1_100, &tone()).await;
     client.close(1000).await;
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 5,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 5, 1000);
     assert_eq!(assert_durable(app.store(), &log, expect).await, call_id);
     let turns = app.store().list_turns(call_id).await.unwrap();
     assert_eq!(turns.len(), 6, "the pending partial was stored");
@@ -95,13 +82,7 @@ async fn stop_message_ends_the_call_normally(backend: Backend) {
     client.send_audio(600, &tone()).await;
     client.send_text(r#"{"type":"stop"}"#).await;
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_stop",
-        finals: 3,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_stop", 3, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -134,13 +115,7 @@ async fn idle_timeout_ends_a_silent_call(backend: Backend) {
     client.send_audio(600, &tone()).await;
     // Then nothing: the socket stays open, no audio arrives.
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "idle_timeout",
-        finals: 3,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("idle_timeout", 3, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -169,13 +144,7 @@ async fn stt_restarts_replay_audio_without_loss_or_duplicates(backend: Backend) 
     assert_eq!(me["stt_state"], "streaming");
     client.close(1000).await;
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 10,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 10, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -260,13 +229,7 @@ async fn operator_hangup_goes_through_the_flush(backend: Backend) {
     .await;
     assert_eq!(status, 202, "{body}");
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "operator_hangup",
-        finals: 4,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("operator_hangup", 4, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -291,13 +254,7 @@ async fn shutdown_drains_every_call_with_1001(backend: Backend) {
     }
     drain.await.unwrap();
     for log in &logs {
-        let expect = Expect {
-            status: CallStatus::Completed,
-            end_reason: "shutdown",
-            finals: 3,
-            close: Some(1001),
-            client_saw_all: true,
-        };
+        let expect = Expect::completed("shutdown", 3, 1001);
         assert_durable(app.store(), log, expect).await;
     }
     app.stop().await;
@@ -360,13 +317,7 @@ async fn bad_parameters_get_4000_and_no_call_row(backend: Backend) {
     ok_client.send_audio(400, &tone()).await;
     ok_client.close(1000).await;
     let log = ok_client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 2,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 2, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -401,13 +352,7 @@ async fn bad_frames_are_counted_and_skipped_without_harming_the_call(backend: Ba
     assert_eq!(me["turns"], 4, "{me}");
     client.close(1000).await;
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 4,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 4, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -422,24 +367,12 @@ async fn oversized_message_ends_only_its_own_call(backend: Backend) {
     offender.wait_finals(2).await;
     offender.send_binary(vec![0; 70 * 1024]).await;
     let log = offender.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "protocol_error",
-        finals: 2,
-        close: Some(1009),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("protocol_error", 2, 1009);
     assert_durable(app.store(), &log, expect).await;
     bystander.send_audio(400, &tone()).await;
     bystander.close(1000).await;
     let log = bystander.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 2,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 2, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -553,13 +486,7 @@ async fn a_stale_partial_is_promoted_to_a_turn(backend: Backend) {
     );
     client.close(1000).await;
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 2,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 2, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -603,13 +530,7 @@ async fn slow_stt_drops_audio_not_transcript(backend: Backend) {
         stored < 20,
         "fewer turns than the audio sent, since audio was dropped: {stored}"
     );
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: stored,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", stored, 1000);
     assert_durable(app.store(), &log, expect).await;
     app.stop().await;
 }
@@ -622,43 +543,20 @@ async fn api_calls(port: u16) -> Vec<serde_json::Value> {
 }
 
 async fn get_with_token(port: u16, path: &str) -> (u16, String) {
-    request(port, "GET", path, Some(TOKEN)).await
+    http_request(port, "GET", path, Some(TOKEN)).await
 }
 
 async fn post(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    request(port, "POST", path, token).await
-}
-
-async fn request(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
+    http_request(port, "POST", path, token).await
 }
 
 #[actix_web::test]
 async fn api_is_closed_without_a_token_and_disabled_without_configuration() {
     let app = TestApp::start(Backend::Sqlite, &[]).await;
-    assert_eq!(request(app.port, "GET", "/api/v1/calls", None).await.0, 401);
+    assert_eq!(
+        http_request(app.port, "GET", "/api/v1/calls", None).await.0,
+        401
+    );
     assert_eq!(
         http_get(app.port, "/healthz").await.0,
         200,

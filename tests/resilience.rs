@@ -14,13 +14,6 @@ use common::voice::*;
 use common::{closed_port, http_get, test_options, with_host, Backend, CutProxy, TestDb};
 use uuid::Uuid;
 
-fn tone() -> Vec<u8> {
-    (0..1600)
-        .map(|i| ((i as f64 * 0.3).sin() * 3000.0) as i16)
-        .flat_map(i16::to_le_bytes)
-        .collect()
-}
-
 #[actix_web::test]
 async fn database_cut_mid_call_delays_turns_but_loses_none() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -49,13 +42,7 @@ async fn database_cut_mid_call_delays_turns_but_loses_none() {
     client.wait_finals(7).await;
     client.close(1000).await;
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 7,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 7, 1000);
     assert_eq!(assert_durable(app.store(), &log, expect).await, call_id);
     app.stop().await;
 }
@@ -82,13 +69,7 @@ async fn real_speech_is_segmented_into_one_turn_per_utterance() {
     client.wait_finals(3).await;
     client.close(1000).await;
     let log = client.finished().await;
-    let expect = Expect {
-        status: CallStatus::Completed,
-        end_reason: "caller_hangup",
-        finals: 3,
-        close: Some(1000),
-        client_saw_all: true,
-    };
+    let expect = Expect::completed("caller_hangup", 3, 1000);
     let call_id = assert_durable(app.store(), &log, expect).await;
     let turns = app.store().list_turns(call_id).await.unwrap();
     for pair in turns.windows(2) {
@@ -263,13 +244,7 @@ async fn sigterm_closes_live_calls_with_1001_flushes_them_and_exits_cleanly() {
         "clean exit after the drain"
     );
     for log in &logs {
-        let expect = Expect {
-            status: CallStatus::Completed,
-            end_reason: "shutdown",
-            finals: 3,
-            close: Some(1001),
-            client_saw_all: true,
-        };
+        let expect = Expect::completed("shutdown", 3, 1001);
         let call_id = assert_durable(&db.store, log, expect).await;
         let turns = db.store.list_turns(call_id).await.unwrap();
         assert_eq!(

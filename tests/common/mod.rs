@@ -128,9 +128,23 @@ pub fn test_options(node_id: &str) -> StoreOptions {
 
 /// Sends one HTTP/1.1 GET over a fresh loopback connection; returns status and body.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, None).await
+}
+
+/// Sends one HTTP/1.1 request with an empty body (and a bearer token if given).
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();

@@ -308,6 +308,19 @@ pub struct Expect {
     pub client_saw_all: bool,
 }
 
+impl Expect {
+    /// A normally completed call whose client stayed until the server's close.
+    pub fn completed(end_reason: &'static str, finals: usize, close: u16) -> Self {
+        Self {
+            status: CallStatus::Completed,
+            end_reason,
+            finals,
+            close: Some(close),
+            client_saw_all: true,
+        }
+    }
+}
+
 /// Asserts the per-call promises: every final once and in order in `call_turns`, the call row
 /// ended with duration and cost, and exactly one Close frame with the right code.
 pub async fn assert_durable(store: &Store, log: &ClientLog, expect: Expect) -> Uuid {
@@ -387,6 +400,14 @@ pub fn speech_pcm(text: &str) -> Vec<u8> {
     resample_linear(&samples, rate, 16_000)
         .iter()
         .flat_map(|s| s.to_le_bytes())
+        .collect()
+}
+
+/// 100 ms of a 16 kHz test tone (s16le); the scripted provider's fixed mode ignores content.
+pub fn tone() -> Vec<u8> {
+    (0..1600)
+        .map(|i| ((i as f64 * 0.3).sin() * 3000.0) as i16)
+        .flat_map(i16::to_le_bytes)
         .collect()
 }
 
