@@ -20,6 +20,7 @@ use crate::config::{ConfigError, Secret, Settings};
 use crate::media::voice;
 use crate::ops::{api, health};
 use crate::store::{DatabaseUrl, Store, StoreError, StoreOptions};
+use crate::stt::deepgram::{DeepgramApi, DeepgramProvider};
 use crate::stt::scripted::ScriptedProvider;
 use crate::stt::SttProvider;
 
@@ -263,15 +264,25 @@ pub async fn migrate_with_retry(
 
 fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>, StartError> {
     let queue = settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize;
-    let provider =
-        ScriptedProvider::new(settings.stt.scripted.clone(), queue).map_err(|message| {
-            StartError::Config(ConfigError::Invalid {
-                key: "stt.scripted".into(),
-                origin: String::new(),
-                message,
-            })
-        })?;
-    Ok(Arc::new(provider))
+    let invalid = |key: &str, message: String| {
+        StartError::Config(ConfigError::Invalid {
+            key: key.into(),
+            origin: String::new(),
+            message,
+        })
+    };
+    let deepgram = |api| {
+        DeepgramProvider::new(settings.stt.deepgram.clone(), api, queue)
+            .map(|p| Arc::new(p) as Arc<dyn SttProvider>)
+            .map_err(|message| invalid("stt.deepgram", message))
+    };
+    match settings.stt.provider.as_str() {
+        "deepgram" => deepgram(DeepgramApi::V1),
+        "flux" => deepgram(DeepgramApi::Flux),
+        _ => ScriptedProvider::new(settings.stt.scripted.clone(), queue)
+            .map(|p| Arc::new(p) as Arc<dyn SttProvider>)
+            .map_err(|message| invalid("stt.scripted", message)),
+    }
 }
 
 async fn sweep_orphans(store: &Store, settings: &Settings) -> Result<Vec<uuid::Uuid>, StoreError> {

@@ -166,7 +166,7 @@ impl Default for CallSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SttSettings {
-    /// Provider: `scripted` (more come with the next providers).
+    /// Provider: `scripted`, `deepgram` (v1 live) or `flux`.
     pub provider: String,
     /// Restarts of a call's STT stream allowed per window…
     pub restart_max: usize,
@@ -184,6 +184,8 @@ pub struct SttSettings {
     pub finalize_timeout_ms: u64,
     /// The scripted provider.
     pub scripted: crate::stt::scripted::ScriptedSettings,
+    /// Deepgram (v1 live and Flux).
+    pub deepgram: crate::stt::deepgram::DeepgramSettings,
 }
 
 impl Default for SttSettings {
@@ -198,6 +200,7 @@ impl Default for SttSettings {
             audio_queue_frames: 50,
             finalize_timeout_ms: 3_000,
             scripted: Default::default(),
+            deepgram: Default::default(),
         }
     }
 }

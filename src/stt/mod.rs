@@ -7,6 +7,8 @@
 //! `Closed`. Providers do their I/O on tasks of their own; actors only see channels.
 
 pub mod actor;
+pub mod deepgram;
+pub mod deepgram_normalize;
 pub mod scripted;
 pub mod supervision;
 

@@ -1,0 +1,479 @@
+//! Deepgram streaming speech-to-text: v1 live (`/v1/listen`, Nova) and Flux (`/v2/listen`).
+//!
+//! One WebSocket per call stream, driven by a task of its own: audio goes out as binary frames
+//! (re-chunked to about 80 ms for Flux), results come back and are normalised by
+//! [`super::deepgram_normalize`]. Connection care: `Authorization: Token …` (never logged),
+//! `KeepAlive` during silence (v1), `Finalize` + `CloseStream` at the end with the last results
+//! awaited by the caller, and failures classified for the supervisor: drops, 1011 closes and
+//! silent stalls (no message for `stall_timeout_ms` while audio is flowing) are retryable;
+//! 401/403/400 at connect and provider `Error` messages are fatal.
+
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::deepgram_normalize::{FluxNormalizer, Normalised, V1Normalizer};
+use super::{StreamConfig, SttEvent, SttFailure, SttInput, SttProvider, SttSession, SttSignal};
+use crate::config::Secret;
+
+/// Settings of both Deepgram providers (`[stt.deepgram]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeepgramSettings {
+    /// `wss://api.deepgram.com`, or `ws://…` for a self-hosted or test server.
+    pub base_url: String,
+    /// API key, sent as `Authorization: Token …`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// v1 model.
+    pub model: String,
+    /// v1 language.
+    pub language: String,
+    /// v1: send interim results (partials).
+    pub interim_results: bool,
+    /// v1: silence (ms) that marks `speech_final`; 0 disables endpointing.
+    pub endpointing_ms: u64,
+    /// v1: `UtteranceEnd` after this gap (ms); 0 disables it.
+    pub utterance_end_ms: u64,
+    /// v1: `SpeechStarted` events.
+    pub vad_events: bool,
+    /// v1: smart formatting.
+    pub smart_format: bool,
+    /// v1: `KeepAlive` after this long without audio.
+    pub keepalive_secs: u64,
+    /// A stream that sent audio but heard nothing for this long is treated as stalled.
+    pub stall_timeout_ms: u64,
+    /// Time allowed to open the WebSocket.
+    pub connect_timeout_ms: u64,
+    /// Flux model.
+    pub flux_model: String,
+    /// Flux end-of-turn threshold (0: provider default).
+    pub eot_threshold: f64,
+    /// Flux eager end-of-turn threshold (0: off).
+    pub eager_eot_threshold: f64,
+    /// Flux end-of-turn timeout in ms (0: provider default).
+    pub eot_timeout_ms: u64,
+    /// Flux audio chunk size.
+    pub flux_chunk_ms: u64,
+}
+
+impl Default for DeepgramSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "wss://api.deepgram.com".into(),
+            api_key: None,
+            model: "nova-3".into(),
+            language: "en".into(),
+            interim_results: true,
+            endpointing_ms: 300,
+            utterance_end_ms: 1_000,
+            vad_events: true,
+            smart_format: true,
+            keepalive_secs: 4,
+            stall_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            flux_model: "flux-general-en".into(),
+            eot_threshold: 0.0,
+            eager_eot_threshold: 0.0,
+            eot_timeout_ms: 0,
+            flux_chunk_ms: 80,
+        }
+    }
+}
+
+/// Which Deepgram API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeepgramApi {
+    /// `/v1/listen` (Nova).
+    V1,
+    /// `/v2/listen` (Flux).
+    Flux,
+}
+
+/// A Deepgram provider.
+pub struct DeepgramProvider {
+    settings: DeepgramSettings,
+    api_key: Secret,
+    api: DeepgramApi,
+    queue_frames: usize,
+}
+
+impl DeepgramProvider {
+    /// Checks the settings; a missing key is an error here, at start-up.
+    pub fn new(
+        settings: DeepgramSettings,
+        api: DeepgramApi,
+        queue_frames: usize,
+    ) -> Result<Self, String> {
+        let api_key = settings
+            .api_key
+            .clone()
+            .ok_or("stt.deepgram.api_key is required for Deepgram")?;
+        if !(settings.base_url.starts_with("ws://") || settings.base_url.starts_with("wss://")) {
+            return Err(format!(
+                "stt.deepgram.base_url must start with ws:// or wss://, got {:?}",
+                settings.base_url
+            ));
+        }
+        Ok(Self {
+            settings,
+            api_key,
+            api,
+            queue_frames: queue_frames.max(1),
+        })
+    }
+
+    /// The listen URL with every configured query parameter.
+    pub fn url(&self, sample_rate: u32) -> String {
+        let s = &self.settings;
+        let base = s.base_url.trim_end_matches('/');
+        let mut query = vec![
+            ("encoding", "linear16".to_string()),
+            ("sample_rate", sample_rate.to_string()),
+        ];
+        let path = match self.api {
+            DeepgramApi::V1 => {
+                query.push(("channels", "1".into()));
+                query.push(("model", s.model.clone()));
+                query.push(("language", s.language.clone()));
+                query.push(("interim_results", s.interim_results.to_string()));
+                let endpointing = if s.endpointing_ms == 0 {
+                    "false".into()
+                } else {
+                    s.endpointing_ms.to_string()
+                };
+                query.push(("endpointing", endpointing));
+                if s.utterance_end_ms > 0 && s.interim_results {
+                    query.push(("utterance_end_ms", s.utterance_end_ms.to_string()));
+                }
+                query.push(("vad_events", s.vad_events.to_string()));
+                query.push(("smart_format", s.smart_format.to_string()));
+                "/v1/listen"
+            }
+            DeepgramApi::Flux => {
+                query.push(("model", s.flux_model.clone()));
+                if s.eot_threshold > 0.0 {
+                    query.push(("eot_threshold", s.eot_threshold.to_string()));
+                }
+                if s.eager_eot_threshold > 0.0 {
+                    query.push(("eager_eot_threshold", s.eager_eot_threshold.to_string()));
+                }
+                if s.eot_timeout_ms > 0 {
+                    query.push(("eot_timeout_ms", s.eot_timeout_ms.to_string()));
+                }
+                "/v2/listen"
+            }
+        };
+        let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+        format!("{base}{path}?{query}")
+    }
+}
+
+impl SttProvider for DeepgramProvider {
+    fn name(&self) -> &'static str {
+        match self.api {
+            DeepgramApi::V1 => "deepgram",
+            DeepgramApi::Flux => "flux",
+        }
+    }
+
+    fn open(
+        &self,
+        config: StreamConfig,
+    ) -> LocalBoxFuture<'static, Result<SttSession, SttFailure>> {
+        let url = self.url(config.sample_rate);
+        let key = self.api_key.clone();
+        let settings = self.settings.clone();
+        let (api, queue) = (self.api, self.queue_frames);
+        Box::pin(async move {
+            let ws = connect(
+                &url,
+                &key,
+                Duration::from_millis(settings.connect_timeout_ms),
+            )
+            .await?;
+            let (audio_tx, audio_rx) = mpsc::channel(queue);
+            let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+            let session = StreamTask {
+                api,
+                settings,
+                offset_ms: config.start_offset_ms,
+                sample_rate: config.sample_rate,
+            };
+            actix_web::rt::spawn(session.run(ws, audio_rx, signal_tx));
+            Ok(SttSession {
+                audio: audio_tx,
+                signals: signal_rx,
+            })
+        })
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, key: &Secret, limit: Duration) -> Result<Ws, SttFailure> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|err| SttFailure::fatal(format!("bad Deepgram URL: {err}")))?;
+    let token = HeaderValue::from_str(&format!("Token {}", key.expose()))
+        .map_err(|_| SttFailure::fatal("the Deepgram API key is not a valid header value"))?;
+    request.headers_mut().insert("Authorization", token);
+    match tokio::time::timeout(limit, tokio_tungstenite::connect_async(request)).await {
+        Err(_) => Err(SttFailure::retryable(format!(
+            "connect timed out after {} ms",
+            limit.as_millis()
+        ))),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(WsError::Http(response))) => {
+            let status = response.status().as_u16();
+            let message = format!("Deepgram refused the stream: HTTP {status}");
+            match status {
+                400 | 401 | 402 | 403 => Err(SttFailure::fatal(message)),
+                _ => Err(SttFailure::retryable(message)),
+            }
+        }
+        Ok(Err(err)) => Err(SttFailure::retryable(format!(
+            "cannot connect to Deepgram: {err}"
+        ))),
+    }
+}
+
+enum Normalizer {
+    V1(V1Normalizer),
+    Flux(FluxNormalizer),
+}
+
+impl Normalizer {
+    fn on_message(&mut self, text: &str) -> Normalised {
+        match self {
+            Self::V1(n) => n.on_message(text),
+            Self::Flux(n) => n.on_message(text),
+        }
+    }
+
+    fn on_close(&mut self) -> Vec<SttEvent> {
+        match self {
+            Self::V1(n) => n.on_close(),
+            Self::Flux(n) => n.on_close(),
+        }
+    }
+}
+
+struct StreamTask {
+    api: DeepgramApi,
+    settings: DeepgramSettings,
+    offset_ms: i64,
+    sample_rate: u32,
+}
+
+impl StreamTask {
+    async fn run(
+        self,
+        ws: Ws,
+        mut audio: mpsc::Receiver<SttInput>,
+        signals: mpsc::UnboundedSender<SttSignal>,
+    ) {
+        let (mut sink, mut stream) = ws.split();
+        let mut normalizer = match self.api {
+            DeepgramApi::V1 => Normalizer::V1(V1Normalizer::new(self.offset_ms)),
+            DeepgramApi::Flux => Normalizer::Flux(FluxNormalizer::new(self.offset_ms)),
+        };
+        let chunk_bytes = match self.api {
+            DeepgramApi::V1 => 0,
+            DeepgramApi::Flux => {
+                (self.sample_rate as usize * 2 * self.settings.flux_chunk_ms as usize) / 1000
+            }
+        };
+        let mut pending: Vec<u8> = Vec::with_capacity(chunk_bytes);
+        let keepalive = Duration::from_secs(self.settings.keepalive_secs.max(1));
+        let stall = Duration::from_millis(self.settings.stall_timeout_ms.max(100));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let (mut last_message, mut last_audio, mut last_keepalive) = (now(), now(), now());
+        let mut awaiting_reply = false;
+        let mut finalizing = false;
+        let end = |signals: &mpsc::UnboundedSender<SttSignal>,
+                   normalizer: &mut Normalizer,
+                   signal: SttSignal| {
+            if matches!(signal, SttSignal::Closed) {
+                for event in normalizer.on_close() {
+                    let _ = signals.send(SttSignal::Event(event));
+                }
+            }
+            let _ = signals.send(signal);
+        };
+        loop {
+            tokio::select! {
+                input = audio.recv(), if !finalizing => match input {
+                    Some(SttInput::Audio { pcm, .. }) => {
+                        let sent = if chunk_bytes == 0 {
+                            sink.send(Message::Binary(pcm)).await
+                        } else {
+                            pending.extend_from_slice(&pcm);
+                            if pending.len() >= chunk_bytes {
+                                sink.send(Message::Binary(std::mem::take(&mut pending).into())).await
+                            } else {
+                                Ok(())
+                            }
+                        };
+                        if let Err(err) = sent {
+                            return end(&signals, &mut normalizer, SttSignal::Failed(SttFailure::retryable(format!("send failed: {err}"))));
+                        }
+                        last_audio = now();
+                        awaiting_reply = true;
+                    }
+                    Some(SttInput::Finalize) => {
+                        finalizing = true;
+                        if !pending.is_empty() {
+                            let _ = sink.send(Message::Binary(std::mem::take(&mut pending).into())).await;
+                        }
+                        if self.api == DeepgramApi::V1 {
+                            let _ = sink.send(Message::Text(r#"{"type":"Finalize"}"#.into())).await;
+                        }
+                        let _ = sink.send(Message::Text(r#"{"type":"CloseStream"}"#.into())).await;
+                    }
+                    None => {
+                        let _ = sink.close().await;
+                        return;
+                    }
+                },
+                message = stream.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        last_message = now();
+                        awaiting_reply = false;
+                        match normalizer.on_message(&text) {
+                            Normalised::Events(events) => {
+                                for event in events {
+                                    let _ = signals.send(SttSignal::Event(event));
+                                }
+                            }
+                            Normalised::Failure(failure) => return end(&signals, &mut normalizer, SttSignal::Failed(failure)),
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        if finalizing {
+                            return end(&signals, &mut normalizer, SttSignal::Closed);
+                        }
+                        let (code, reason) = frame.map_or((CloseCode::Status, String::new()), |f| (f.code, f.reason.to_string()));
+                        let message = format!("Deepgram closed the stream: {} {reason}", u16::from(code));
+                        let failure = match code {
+                            CloseCode::Policy => SttFailure::fatal(message),
+                            _ => SttFailure::retryable(message),
+                        };
+                        return end(&signals, &mut normalizer, SttSignal::Failed(failure));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        let signal = if finalizing { SttSignal::Closed } else { SttSignal::Failed(SttFailure::retryable(format!("connection dropped: {err}"))) };
+                        return end(&signals, &mut normalizer, signal);
+                    }
+                    None => {
+                        let signal = if finalizing { SttSignal::Closed } else { SttSignal::Failed(SttFailure::retryable("connection dropped")) };
+                        return end(&signals, &mut normalizer, signal);
+                    }
+                },
+                _ = tick.tick() => {
+                    let t = now();
+                    if !finalizing && awaiting_reply && t.duration_since(last_message) >= stall && t.duration_since(last_audio) < stall {
+                        return end(&signals, &mut normalizer, SttSignal::Failed(SttFailure::retryable(format!(
+                            "stalled: no message for {} ms while audio was flowing", stall.as_millis()))));
+                    }
+                    if self.api == DeepgramApi::V1 && !finalizing
+                        && t.duration_since(last_audio) >= keepalive && t.duration_since(last_keepalive) >= keepalive
+                    {
+                        last_keepalive = t;
+                        if sink.send(Message::Text(r#"{"type":"KeepAlive"}"#.into())).await.is_err() {
+                            return end(&signals, &mut normalizer, SttSignal::Failed(SttFailure::retryable("keep-alive failed")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    crate::clock::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(api: DeepgramApi, settings: DeepgramSettings) -> DeepgramProvider {
+        let settings = DeepgramSettings {
+            api_key: Some(Secret::new("k")),
+            ..settings
+        };
+        DeepgramProvider::new(settings, api, 10).unwrap()
+    }
+
+    #[test]
+    fn v1_url_carries_the_configured_parameters() {
+        let url = provider(DeepgramApi::V1, DeepgramSettings::default()).url(16_000);
+        assert!(
+            url.starts_with(
+                "wss://api.deepgram.com/v1/listen?encoding=linear16&sample_rate=16000&channels=1"
+            ),
+            "{url}"
+        );
+        for part in [
+            "model=nova-3",
+            "interim_results=true",
+            "endpointing=300",
+            "utterance_end_ms=1000",
+            "vad_events=true",
+            "smart_format=true",
+        ] {
+            assert!(url.contains(part), "{url} lacks {part}");
+        }
+        let off = DeepgramSettings {
+            endpointing_ms: 0,
+            interim_results: false,
+            ..DeepgramSettings::default()
+        };
+        let url = provider(DeepgramApi::V1, off).url(8_000);
+        assert!(
+            url.contains("endpointing=false") && !url.contains("utterance_end_ms"),
+            "{url}"
+        );
+    }
+
+    #[test]
+    fn flux_url_uses_v2_and_only_set_thresholds() {
+        let s = DeepgramSettings {
+            base_url: "ws://127.0.0.1:9/".into(),
+            eot_threshold: 0.8,
+            eot_timeout_ms: 3000,
+            ..DeepgramSettings::default()
+        };
+        let url = provider(DeepgramApi::Flux, s).url(16_000);
+        assert!(url.starts_with("ws://127.0.0.1:9/v2/listen?"), "{url}");
+        assert!(
+            url.contains("model=flux-general-en")
+                && url.contains("eot_threshold=0.8")
+                && url.contains("eot_timeout_ms=3000")
+        );
+        assert!(!url.contains("eager_eot_threshold"));
+    }
+
+    #[test]
+    fn a_missing_key_or_bad_scheme_is_a_start_up_error() {
+        assert!(DeepgramProvider::new(DeepgramSettings::default(), DeepgramApi::V1, 1).is_err());
+        let http = DeepgramSettings {
+            base_url: "https://x".into(),
+            api_key: Some(Secret::new("k")),
+            ..DeepgramSettings::default()
+        };
+        assert!(DeepgramProvider::new(http, DeepgramApi::V1, 1)
+            .err()
+            .is_some_and(|e| e.contains("ws://")));
+    }
+}
