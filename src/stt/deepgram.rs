@@ -236,7 +236,7 @@ async fn connect(url: &str, key: &Secret, limit: Duration) -> Result<Ws, SttFail
             let status = response.status().as_u16();
             let message = format!("Deepgram refused the stream: HTTP {status}");
             match status {
-                400 | 401 | 402 | 403 => Err(SttFailure::fatal(message)),
+                400..=403 => Err(SttFailure::fatal(message)),
                 _ => Err(SttFailure::retryable(message)),
             }
         }
