@@ -335,11 +335,11 @@ impl Settings {
         }
         self.database_url()
             .map_err(|err| fail("database.url", err.to_string()))?;
-        if self.stt.provider != "scripted" {
+        if !["scripted", "deepgram", "flux"].contains(&self.stt.provider.as_str()) {
             return Err(fail(
                 "stt.provider",
                 format!(
-                    "unknown provider {:?} (available: scripted)",
+                    "unknown provider {:?} (available: scripted, deepgram, flux)",
                     self.stt.provider
                 ),
             ));

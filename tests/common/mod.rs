@@ -2,6 +2,7 @@
 //! per test), a raw HTTP/1.1 client over loopback TCP, and a TCP proxy that can cut a database.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fake_deepgram;
 pub mod voice;
 
 use std::net::SocketAddr;
