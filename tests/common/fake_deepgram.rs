@@ -9,6 +9,8 @@
 //! queued per connection: drop the socket, stall silently, or close with 1011; auth can be
 //! refused with an HTTP status.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// tungstenite's handshake callback type fixes the large `Err` variant.
+#![allow(clippy::result_large_err)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -164,22 +166,23 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<FakeState>>) {
                                 out.push(turn_info("StartOfTurn", turn_index, "", at, at));
                             }
                         }
-                        (Some((v, start)), now_value) if now_value == v => {
-                            if stream_ms - last_interim_ms >= 240 {
-                                last_interim_ms = stream_ms;
-                                out.push(if flux {
-                                    turn_info(
-                                        "Update",
-                                        turn_index,
-                                        &format!("turn {v}"),
-                                        start,
-                                        stream_ms,
-                                    )
-                                } else {
-                                    results(&format!("turn {v}"), start, stream_ms, false, false)
-                                });
-                            }
+                        (Some((v, start)), now_value)
+                            if now_value == v && stream_ms - last_interim_ms >= 240 =>
+                        {
+                            last_interim_ms = stream_ms;
+                            out.push(if flux {
+                                turn_info(
+                                    "Update",
+                                    turn_index,
+                                    &format!("turn {v}"),
+                                    start,
+                                    stream_ms,
+                                )
+                            } else {
+                                results(&format!("turn {v}"), start, stream_ms, false, false)
+                            });
                         }
+                        (Some((v, _)), now_value) if now_value == v => {}
                         (Some((v, start)), next) => {
                             out.push(if flux {
                                 turn_info(
