@@ -59,7 +59,7 @@ async fn v1_streams_turns_with_auth_and_closes_the_stream_at_the_end() {
         log.partials.iter().any(|(_, t)| t == "turn 2"),
         "interims arrive as partials"
     );
-    let s = fake.state.lock().unwrap();
+    let s = fake.state.lock().unwrap().clone();
     assert_eq!(s.connections, 1);
     assert_eq!(s.auth_headers, vec![format!("Token {KEY}")]);
     let path = &s.paths[0];
@@ -76,7 +76,6 @@ async fn v1_streams_turns_with_auth_and_closes_the_stream_at_the_end() {
         (1, 1),
         "Finalize and CloseStream at call end"
     );
-    drop(s);
     app.stop().await;
 }
 
@@ -112,13 +111,12 @@ async fn v1_socket_drop_mid_utterance_reconnects_and_replays_without_loss_or_dup
     fake.faults(&[Fault::DropAfterMs(1_900)]);
     let app = app_with(&fake, "deepgram", &[]).await;
     run_call(&app, 4).await;
-    let s = fake.state.lock().unwrap();
+    let s = fake.state.lock().unwrap().clone();
     assert_eq!(s.connections, 2, "one reconnect");
     assert!(
         s.audio_ms[1] > 0,
         "the new stream received the replayed and the new audio"
     );
-    drop(s);
     app.stop().await;
 }
 
@@ -189,9 +187,8 @@ async fn rejected_auth_fails_the_call_cleanly_without_retrying() {
         "the reason names the refusal: {:?}",
         log.closes
     );
-    let s = fake.state.lock().unwrap();
+    let s = fake.state.lock().unwrap().clone();
     assert_eq!((s.rejected, s.connections), (1, 0), "no retry after 401");
-    drop(s);
     assert!(app
         .store()
         .get_call(call_id)
@@ -284,7 +281,7 @@ async fn flux_turns_and_the_open_turn_at_close() {
         ],
         "Flux sends no EndOfTurn on CloseStream: the last Update of turn 3 stands as its final"
     );
-    let s = fake.state.lock().unwrap();
+    let s = fake.state.lock().unwrap().clone();
     assert!(
         s.paths[0]
             .starts_with("/v2/listen?encoding=linear16&sample_rate=16000&model=flux-general-en"),
@@ -297,7 +294,6 @@ async fn flux_turns_and_the_open_turn_at_close() {
         (0, 1),
         "Flux gets CloseStream only"
     );
-    drop(s);
     app.stop().await;
 }
 

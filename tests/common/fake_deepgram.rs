@@ -37,7 +37,7 @@ pub enum Fault {
 }
 
 /// What the fake saw, and what it will do.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FakeState {
     pub connections: usize,
     pub rejected: usize,
