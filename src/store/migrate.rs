@@ -61,12 +61,30 @@ fn migrate_sqlite(path: &str, options: &StoreOptions) -> Result<Vec<String>, Sto
         backend: "sqlite",
         message: err.to_string(),
     };
-    let mut conn = SqliteConnection::establish(path).map_err(|err| unavailable(&err))?;
-    diesel::connection::SimpleConnection::batch_execute(
-        &mut conn,
-        &sqlite_pragmas(options.busy_timeout),
-    )
-    .map_err(|err| unavailable(&err))?;
+    // Switching a new database to WAL needs exclusive access and can answer "database is
+    // locked" at once while another process does the same; wait for it like busy_timeout would.
+    let started = std::time::Instant::now();
+    let mut conn = loop {
+        let attempt = SqliteConnection::establish(path)
+            .map_err(|err| unavailable(&err))
+            .and_then(|mut conn| {
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut conn,
+                    &sqlite_pragmas(options.busy_timeout),
+                )
+                .map(|()| conn)
+                .map_err(|err| unavailable(&err))
+            });
+        match attempt {
+            Err(err)
+                if err.to_string().contains("locked")
+                    && started.elapsed() < options.busy_timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other?,
+        }
+    };
     conn.immediate_transaction(|conn| {
         conn.run_pending_migrations(SQLITE_MIGRATIONS)
             .map(versions)
