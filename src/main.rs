@@ -31,6 +31,14 @@ enum Command {
     /// Manage the local Whisper model.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Print the transcript of a WAV file with the local Whisper engine.
+    Transcribe {
+        /// A PCM s16 WAV file (any rate and channel count).
+        file: PathBuf,
+        /// Model directory (default: DATA_DIR/models/whisper-tiny.en, fetched if missing).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -63,6 +71,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
             Command::Model(command) => model(settings, command).await,
+            Command::Transcribe { file, model } => transcribe(settings, file, model).await,
         }
     });
     match result {
@@ -126,6 +135,38 @@ async fn model(settings: Settings, command: ModelCommand) -> anyhow::Result<()> 
             );
         }
     }
+    Ok(())
+}
+
+async fn transcribe(
+    settings: Settings,
+    file: PathBuf,
+    model: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use callengine::stt::whisper::{engine::WhisperEngine, fetch};
+    let text = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let dir = match model {
+            Some(dir) => dir,
+            None => {
+                let mut progress = fetch::stderr_progress();
+                fetch::ensure_model(
+                    &settings.data_dir.join("models"),
+                    &fetch::FetchSource::default(),
+                    &mut progress,
+                )?
+            }
+        };
+        let wav = callengine::audio::wav::parse(&std::fs::read(&file)?)?;
+        let samples = wav.to_mono_16k();
+        let mut engine = WhisperEngine::load(&dir)?;
+        let mut parts = Vec::new();
+        for window in samples.chunks(callengine::stt::whisper::mel::N_SAMPLES) {
+            parts.push(engine.transcribe(window)?);
+        }
+        Ok(parts.join(" "))
+    })
+    .await??;
+    println!("{text}");
     Ok(())
 }
 

@@ -1,3 +1,5 @@
 //! Audio primitives. Pure: no I/O, no clocks.
 
 pub mod pcm;
+pub mod resample;
+pub mod wav;

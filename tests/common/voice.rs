@@ -389,7 +389,7 @@ pub async fn assert_durable(store: &Store, log: &ClientLog, expect: Expect) -> U
     call_id
 }
 
-/// 16 kHz s16le speech from espeak-ng (cached per text).
+/// 16 kHz s16le speech from espeak-ng, resampled with the engine's band-limited resampler.
 pub fn speech_pcm(text: &str) -> Vec<u8> {
     let out = std::process::Command::new("espeak-ng")
         .args(["-v", "en-us", "-s", "170", "--stdout", text])
@@ -397,9 +397,11 @@ pub fn speech_pcm(text: &str) -> Vec<u8> {
         .expect("espeak-ng is installed (apt-get install espeak-ng)");
     assert!(out.status.success(), "espeak-ng failed");
     let (rate, samples) = parse_wav(&out.stdout);
-    resample_linear(&samples, rate, 16_000)
+    let samples: Vec<f32> = samples.iter().map(|s| f32::from(*s) / 32_768.0).collect();
+    callengine::audio::resample::resample(&samples, rate, 16_000)
         .iter()
-        .flat_map(|s| s.to_le_bytes())
+        .map(|s| (s * 32_767.0).clamp(-32_768.0, 32_767.0) as i16)
+        .flat_map(i16::to_le_bytes)
         .collect()
 }
 
@@ -438,17 +440,4 @@ fn parse_wav(bytes: &[u8]) -> (u32, Vec<i16>) {
         pos = body + len + (len & 1);
     }
     panic!("no data chunk in WAV");
-}
-
-fn resample_linear(input: &[i16], from: u32, to: u32) -> Vec<i16> {
-    let n = (input.len() as u64 * u64::from(to) / u64::from(from)) as usize;
-    (0..n)
-        .map(|i| {
-            let x = i as f64 * f64::from(from) / f64::from(to);
-            let (i0, frac) = (x.floor() as usize, x.fract());
-            let a = f64::from(input[i0.min(input.len() - 1)]);
-            let b = f64::from(input[(i0 + 1).min(input.len() - 1)]);
-            (a + (b - a) * frac).round() as i16
-        })
-        .collect()
 }

