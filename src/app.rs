@@ -22,6 +22,8 @@ use crate::ops::{api, health};
 use crate::store::{DatabaseUrl, Store, StoreError, StoreOptions};
 use crate::stt::deepgram::{DeepgramApi, DeepgramProvider};
 use crate::stt::scripted::ScriptedProvider;
+use crate::stt::whisper::fetch;
+use crate::stt::whisper::stream::{WhisperPool, WhisperProvider};
 use crate::stt::SttProvider;
 
 /// Why the application could not start.
@@ -134,7 +136,7 @@ impl Application {
                 source,
             })?
             .port();
-        let stt = build_stt_provider(&settings)?;
+        let stt = build_stt_provider(&settings).await?;
         let registry = CallRegistry::default().start();
         let persist_arbiter = Arbiter::new();
         let calls = Arc::new(CallDeps::new(
@@ -262,7 +264,7 @@ pub async fn migrate_with_retry(
     }
 }
 
-fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>, StartError> {
+async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>, StartError> {
     let queue = settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize;
     let invalid = |key: &str, message: String| {
         StartError::Config(ConfigError::Invalid {
@@ -279,6 +281,30 @@ fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>, Start
     match settings.stt.provider.as_str() {
         "deepgram" => deepgram(DeepgramApi::V1),
         "flux" => deepgram(DeepgramApi::Flux),
+        "whisper" => {
+            let whisper = settings.stt.whisper.clone();
+            let cache = settings.data_dir.join("models");
+            let pool = tokio::task::spawn_blocking(move || {
+                let dir = match &whisper.model_dir {
+                    Some(dir) => dir.clone(),
+                    None => {
+                        let mut progress = fetch::stderr_progress();
+                        fetch::ensure_model(&cache, &fetch::FetchSource::default(), &mut progress)
+                            .map_err(|err| err.to_string())?
+                    }
+                };
+                WhisperPool::start(&dir, whisper.workers, whisper.queue).map(|pool| (pool, whisper))
+            })
+            .await
+            .map_err(|err| invalid("stt.whisper", err.to_string()))?
+            .map_err(|message| invalid("stt.whisper", message))?;
+            let (pool, whisper) = pool;
+            Ok(Arc::new(WhisperProvider::new(
+                Arc::new(pool),
+                whisper,
+                queue,
+            )))
+        }
         _ => ScriptedProvider::new(settings.stt.scripted.clone(), queue)
             .map(|p| Arc::new(p) as Arc<dyn SttProvider>)
             .map_err(|message| invalid("stt.scripted", message)),

@@ -166,7 +166,7 @@ impl Default for CallSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SttSettings {
-    /// Provider: `scripted`, `deepgram` (v1 live) or `flux`.
+    /// Provider: `whisper` (local), `scripted`, `deepgram` (v1 live) or `flux`.
     pub provider: String,
     /// Restarts of a call's STT stream allowed per window…
     pub restart_max: usize,
@@ -186,12 +186,14 @@ pub struct SttSettings {
     pub scripted: crate::stt::scripted::ScriptedSettings,
     /// Deepgram (v1 live and Flux).
     pub deepgram: crate::stt::deepgram::DeepgramSettings,
+    /// Local Whisper.
+    pub whisper: crate::stt::whisper::stream::WhisperSettings,
 }
 
 impl Default for SttSettings {
     fn default() -> Self {
         Self {
-            provider: "scripted".into(),
+            provider: "whisper".into(),
             restart_max: 3,
             restart_window_secs: 10,
             backoff_initial_ms: 250,
@@ -201,6 +203,7 @@ impl Default for SttSettings {
             finalize_timeout_ms: 3_000,
             scripted: Default::default(),
             deepgram: Default::default(),
+            whisper: Default::default(),
         }
     }
 }
@@ -335,11 +338,11 @@ impl Settings {
         }
         self.database_url()
             .map_err(|err| fail("database.url", err.to_string()))?;
-        if !["scripted", "deepgram", "flux"].contains(&self.stt.provider.as_str()) {
+        if !["scripted", "deepgram", "flux", "whisper"].contains(&self.stt.provider.as_str()) {
             return Err(fail(
                 "stt.provider",
                 format!(
-                    "unknown provider {:?} (available: scripted, deepgram, flux)",
+                    "unknown provider {:?} (available: whisper, scripted, deepgram, flux)",
                     self.stt.provider
                 ),
             ));
@@ -524,6 +527,10 @@ mod tests {
             settings.database_url().unwrap(),
             crate::store::DatabaseUrl::Sqlite { .. }
         ));
+        assert_eq!(
+            settings.stt.provider, "whisper",
+            "local speech-to-text by default"
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn prints_its_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_with_no_configuration_runs_sqlite_in_data_on_8080() {
+async fn serve_with_no_configuration_runs_sqlite_and_local_whisper_on_8080() {
     assert!(
         std::net::TcpStream::connect("127.0.0.1:8080").is_err(),
         "port 8080 is taken; this test checks the documented default address"
@@ -78,7 +78,8 @@ async fn serve_with_no_configuration_runs_sqlite_in_data_on_8080() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The first start downloads Whisper tiny.en into ./data/models and loads it.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while std::net::TcpStream::connect("127.0.0.1:8080").is_err() {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();

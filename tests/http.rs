@@ -15,6 +15,7 @@ fn settings(database_url: &str, data_dir: &std::path::Path) -> Settings {
         ("CALLENGINE_BIND", "127.0.0.1:0".to_string()),
         ("CALLENGINE_DATA_DIR", data_dir.display().to_string()),
         ("CALLENGINE_HTTP_WORKERS", "1".to_string()),
+        ("CALLENGINE_STT__PROVIDER", "scripted".to_string()),
         ("CALLENGINE_NODE_ID", "http-test".to_string()),
         ("CALLENGINE_DATABASE__URL", database_url.to_string()),
         (

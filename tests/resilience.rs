@@ -101,6 +101,7 @@ fn spawn_server(dir: &Path, database_url: &str, port: u16) -> Child {
         .env("CALLENGINE_NODE_ID", "kill-test-node")
         .env("CALLENGINE_HTTP_WORKERS", "2")
         .env("CALLENGINE_API__ADMIN_TOKEN", TOKEN)
+        .env("CALLENGINE_STT__PROVIDER", "scripted")
         .env("CALLENGINE_STT__SCRIPTED__TURN_MS", TURN_MS.to_string())
         .env("CALLENGINE_STT__SCRIPTED__PARTIALS_PER_TURN", "1")
         .env("CALLENGINE_CALLS__PARTIAL_PROMOTE_MS", "120000")

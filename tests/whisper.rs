@@ -3,12 +3,18 @@
 //! and the `callengine transcribe` command on a WAV file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use callengine::audio::wav;
 use callengine::stt::whisper::engine::WhisperEngine;
 use callengine::stt::whisper::fetch::{ensure_model, FetchSource};
+use common::voice::{
+    assert_durable, call_query, silence, speech_pcm_at, Expect, TestApp, VoiceClient,
+};
+use common::Backend;
 
 fn model_dir() -> PathBuf {
     let cache = std::env::var_os("CALLENGINE_MODEL_CACHE")
@@ -159,4 +165,78 @@ fn the_transcribe_command_prints_the_transcript_of_a_wav_file() {
     );
     let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(text.contains("tuesday afternoon"), "{text}");
+}
+
+#[actix_web::test]
+async fn live_calls_get_one_turn_per_utterance_and_silence_gets_none() {
+    let model = model_dir().display().to_string();
+    let app = TestApp::start(
+        Backend::Sqlite,
+        &[
+            ("CALLENGINE_STT__PROVIDER", "whisper"),
+            ("CALLENGINE_STT__WHISPER__MODEL_DIR", &model),
+            ("CALLENGINE_STT__WHISPER__PARTIAL_EVERY_MS", "0"),
+            ("CALLENGINE_CALLS__PARTIAL_PROMOTE_MS", "120000"),
+        ],
+    )
+    .await;
+    // Three utterances tiny.en transcribes exactly in the corpus test above.
+    let sentences = [
+        "I need someone to fix the heating on Tuesday afternoon.",
+        "Could you send the invoice to my email address?",
+        "Thank you very much, goodbye.",
+    ];
+    let mut audio = silence(500);
+    for sentence in sentences {
+        audio.extend(speech_pcm_at(sentence, 120));
+        audio.extend(silence(1_200));
+    }
+    let mut client = VoiceClient::connect(app.port, uuid::Uuid::new_v4(), &call_query()).await;
+    client.wait_started().await;
+    client.send_pcm(&audio).await;
+    let sent = std::time::Instant::now();
+    client.wait_finals(3).await;
+    // The audio went out faster than real time; this is how long the last utterance's final
+    // took after all audio was sent (silence detection is in audio time, so it is mostly the
+    // decode). Printed for docs/benchmarks.md, never asserted.
+    eprintln!(
+        "last final {} ms after the audio was sent",
+        sent.elapsed().as_millis()
+    );
+    client.close(1000).await;
+    let log = client.finished().await;
+    let call_id = assert_durable(
+        app.store(),
+        &log,
+        Expect::completed("caller_hangup", 3, 1000),
+    )
+    .await;
+    let (mut errors, mut words) = (0, 0);
+    for ((_, heard), sentence) in log.finals.iter().zip(sentences) {
+        errors += word_errors(&normalise(sentence), &normalise(heard));
+        words += normalise(sentence).len();
+    }
+    assert!(
+        (errors as f64) < 0.1 * words as f64,
+        "WER too high: {:?}",
+        log.finals
+    );
+    let turns = app.store().list_turns(call_id).await.unwrap();
+    assert!(
+        turns.windows(2).all(|w| w[0].end_ms < w[1].start_ms),
+        "one turn per utterance, in order"
+    );
+
+    let mut quiet = VoiceClient::connect(app.port, uuid::Uuid::new_v4(), &call_query()).await;
+    quiet.wait_started().await;
+    quiet.send_pcm(&silence(3_000)).await;
+    quiet.close(1000).await;
+    let log = quiet.finished().await;
+    assert_durable(
+        app.store(),
+        &log,
+        Expect::completed("caller_hangup", 0, 1000),
+    )
+    .await;
+    app.stop().await;
 }

@@ -59,6 +59,7 @@ impl TestApp {
             ("CALLENGINE_DATABASE__URL".into(), url),
             ("CALLENGINE_DATABASE__POOL_SIZE".into(), "8".into()),
             ("CALLENGINE_API__ADMIN_TOKEN".into(), TOKEN.into()),
+            ("CALLENGINE_STT__PROVIDER".into(), "scripted".into()),
             (
                 "CALLENGINE_STT__SCRIPTED__TURN_MS".into(),
                 TURN_MS.to_string(),
@@ -391,8 +392,14 @@ pub async fn assert_durable(store: &Store, log: &ClientLog, expect: Expect) -> U
 
 /// 16 kHz s16le speech from espeak-ng, resampled with the engine's band-limited resampler.
 pub fn speech_pcm(text: &str) -> Vec<u8> {
+    speech_pcm_at(text, 170)
+}
+
+/// Like [`speech_pcm`], at `wpm` words per minute.
+pub fn speech_pcm_at(text: &str, wpm: u32) -> Vec<u8> {
+    let speed = wpm.to_string();
     let out = std::process::Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "170", "--stdout", text])
+        .args(["-v", "en-us", "-s", speed.as_str(), "--stdout", text])
         .output()
         .expect("espeak-ng is installed (apt-get install espeak-ng)");
     assert!(out.status.success(), "espeak-ng failed");

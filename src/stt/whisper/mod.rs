@@ -11,4 +11,5 @@ pub mod engine;
 pub mod fetch;
 pub mod mel;
 pub mod model;
+pub mod stream;
 pub mod tokens;
