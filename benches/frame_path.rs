@@ -105,7 +105,7 @@ fn frame_to_stt(c: &mut Criterion) {
         let sink = Sink.start();
         let transcript = TranscriptBuffer::new(
             "contact",
-            Duration::from_secs(2),
+            Some(Duration::from_secs(2)),
             sink.clone().recipient(),
             sink.clone().recipient(),
         )

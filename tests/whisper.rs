@@ -175,6 +175,8 @@ async fn live_calls_get_one_turn_per_utterance_and_silence_gets_none() {
         &[
             ("CALLENGINE_STT__PROVIDER", "whisper"),
             ("CALLENGINE_STT__WHISPER__MODEL_DIR", &model),
+            // Audio goes 20x faster than real time here; partial re-decodes would only compete
+            // with the finals for the single worker.
             ("CALLENGINE_STT__WHISPER__PARTIAL_EVERY_MS", "0"),
             ("CALLENGINE_CALLS__PARTIAL_PROMOTE_MS", "120000"),
         ],

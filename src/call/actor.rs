@@ -197,7 +197,10 @@ impl CallActor {
         };
         let transcript = TranscriptBuffer::new(
             &self.params.speaker,
-            self.deps.partial_promote,
+            self.deps
+                .stt
+                .promotes_stale_partials()
+                .then_some(self.deps.partial_promote),
             persister.recipient(),
             me.clone().recipient(),
         )

@@ -112,6 +112,13 @@ pub trait SttProvider: Send + Sync + 'static {
     /// Short name for logs and metrics (`scripted`, `deepgram`…).
     fn name(&self) -> &'static str;
 
+    /// Whether a partial that sees no final for a while should be promoted to a turn. True for
+    /// providers that may never send a final; false for those that always end a turn with one
+    /// (and may take longer than the promotion timeout between partials).
+    fn promotes_stale_partials(&self) -> bool {
+        true
+    }
+
     /// Opens a stream. Called on the actor's thread; the provider spawns its own I/O.
     fn open(&self, config: StreamConfig)
         -> LocalBoxFuture<'static, Result<SttSession, SttFailure>>;

@@ -34,7 +34,7 @@ struct PendingPartial {
 #[derive(Debug, Clone)]
 pub struct TurnAssembler {
     speaker: String,
-    promote_after: Duration,
+    promote_after: Option<Duration>,
     next_seq: i32,
     partial: Option<PendingPartial>,
     last_final_words: Option<String>,
@@ -44,6 +44,12 @@ pub struct TurnAssembler {
 impl TurnAssembler {
     /// An assembler for `speaker`'s turns, numbering from 1.
     pub fn new(speaker: impl Into<String>, promote_after: Duration) -> Self {
+        Self::with_promotion(speaker, Some(promote_after))
+    }
+
+    /// An assembler that promotes stale partials after `promote_after`, or never (`None`: for
+    /// providers that always end a turn with a final).
+    pub fn with_promotion(speaker: impl Into<String>, promote_after: Option<Duration>) -> Self {
         Self {
             speaker: speaker.into(),
             promote_after,
@@ -81,7 +87,7 @@ impl TurnAssembler {
     pub fn deadline(&self) -> Option<Instant> {
         self.partial
             .as_ref()
-            .map(|p| p.updated + self.promote_after)
+            .and_then(|p| self.promote_after.map(|after| p.updated + after))
     }
 
     /// Promotes the pending partial if its deadline has passed.
@@ -297,6 +303,19 @@ mod tests {
         assert_eq!(a.deadline(), None);
         // A late final with the same words is then a repeat and is dropped.
         assert_eq!(a.on_event(final_("book a plumber", None), t0), None);
+    }
+
+    #[test]
+    fn promotion_can_be_turned_off() {
+        let t0 = Instant::now();
+        let mut a = TurnAssembler::with_promotion("contact", None);
+        a.on_event(partial("slow provider"), t0);
+        assert_eq!(a.deadline(), None);
+        assert_eq!(a.on_tick(t0 + Duration::from_secs(3600)), None);
+        assert_eq!(
+            turn_text(a.on_event(final_("slow provider done", Some(10)), t0)),
+            Some((1, "slow provider done".into(), true))
+        );
     }
 
     #[test]

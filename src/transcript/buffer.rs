@@ -41,12 +41,12 @@ impl TranscriptBuffer {
     /// A buffer numbering `speaker`'s turns from 1.
     pub fn new(
         speaker: &str,
-        promote_after: Duration,
+        promote_after: Option<Duration>,
         persister: Recipient<PersistTurn>,
         call: Recipient<PartialUpdate>,
     ) -> Self {
         Self {
-            assembler: TurnAssembler::new(speaker, promote_after),
+            assembler: TurnAssembler::with_promotion(speaker, promote_after),
             persister,
             call,
             timer: None,
@@ -167,7 +167,7 @@ mod tests {
         let out = sink.clone().start();
         let buffer = TranscriptBuffer::new(
             "contact",
-            Duration::from_millis(1500),
+            Some(Duration::from_millis(1500)),
             out.clone().recipient(),
             out.recipient(),
         )
@@ -207,7 +207,7 @@ mod tests {
         let out = sink.clone().start();
         let buffer = TranscriptBuffer::new(
             "contact",
-            Duration::from_secs(60),
+            Some(Duration::from_secs(60)),
             out.clone().recipient(),
             out.clone().recipient(),
         )

@@ -220,6 +220,12 @@ impl SttProvider for WhisperProvider {
         "whisper"
     }
 
+    /// Every segment ends with a final (at silence, at the maximum length, or at `Finalize`);
+    /// partial re-decodes can be seconds apart, longer than the promotion timeout.
+    fn promotes_stale_partials(&self) -> bool {
+        false
+    }
+
     fn open(
         &self,
         config: StreamConfig,
@@ -227,6 +233,8 @@ impl SttProvider for WhisperProvider {
         let (audio_tx, audio_rx) = mpsc::channel(self.queue_frames);
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
         let task = StreamTask {
+            generation: Default::default(),
+            partial_in_flight: Default::default(),
             pre_roll: std::collections::VecDeque::with_capacity(PRE_ROLL_FRAMES),
             pool: self.pool.clone(),
             segmenter: Segmenter::new(&self.settings),
@@ -251,6 +259,9 @@ impl SttProvider for WhisperProvider {
 const PRE_ROLL_FRAMES: usize = 15;
 
 struct StreamTask {
+    /// Bumped when a segment ends: a partial decoded for an older segment is dropped.
+    generation: std::rc::Rc<std::cell::Cell<u64>>,
+    partial_in_flight: std::rc::Rc<std::cell::Cell<bool>>,
     pre_roll: std::collections::VecDeque<Vec<f32>>,
     pool: Arc<WhisperPool>,
     segmenter: Segmenter,
@@ -274,7 +285,7 @@ impl StreamTask {
                     for frame in pcm.chunks(640) {
                         let at = self.position_ms;
                         self.position_ms += (frame.len() as i64 / 2) * 1000 / 16_000;
-                        if let Some(event) = self.on_frame(frame, at).await {
+                        if let Some(event) = self.on_frame(frame, at, &signals).await {
                             if signals.send(event).is_err() {
                                 return;
                             }
@@ -294,7 +305,12 @@ impl StreamTask {
         }
     }
 
-    async fn on_frame(&mut self, frame: &[u8], at: i64) -> Option<SttSignal> {
+    async fn on_frame(
+        &mut self,
+        frame: &[u8],
+        at: i64,
+        signals: &mpsc::UnboundedSender<SttSignal>,
+    ) -> Option<SttSignal> {
         let cut = self.segmenter.push(frame, at);
         let pcm: Vec<f32> = frame
             .chunks_exact(2)
@@ -326,24 +342,41 @@ impl StreamTask {
                 && at >= self.next_partial_ms =>
             {
                 self.next_partial_ms = at + self.partial_every_ms;
-                let started = Instant::now();
-                let text = self.pool.decode(self.samples.clone(), false).await?.ok()?;
-                tracing::debug!(ms = started.elapsed().as_millis() as u64, "whisper partial");
-                let start_ms = self.segment_start;
-                (!text.is_empty()).then(|| {
-                    SttSignal::Event(SttEvent::Partial {
-                        text,
-                        start_ms,
-                        end_ms: Some(at + 20),
-                    })
-                })
+                self.spawn_partial(at, signals);
+                None
             }
             _ => None,
         }
     }
 
+    /// Re-decodes the growing segment off the audio path: at most one at a time per call, and
+    /// its result is dropped if the segment has ended meanwhile (its final is authoritative).
+    fn spawn_partial(&self, at: i64, signals: &mpsc::UnboundedSender<SttSignal>) {
+        if self.partial_in_flight.get() {
+            return;
+        }
+        self.partial_in_flight.set(true);
+        let (pool, samples, signals) = (self.pool.clone(), self.samples.clone(), signals.clone());
+        let (generation, in_flight) = (self.generation.clone(), self.partial_in_flight.clone());
+        let (mine, start_ms) = (generation.get(), self.segment_start);
+        actix_web::rt::spawn(async move {
+            let decoded = pool.decode(samples, false).await;
+            in_flight.set(false);
+            if let Some(Ok(text)) = decoded {
+                if generation.get() == mine && !text.is_empty() {
+                    let _ = signals.send(SttSignal::Event(SttEvent::Partial {
+                        text,
+                        start_ms,
+                        end_ms: Some(at + 20),
+                    }));
+                }
+            }
+        });
+    }
+
     async fn decode_final(&mut self, start_ms: i64, end_ms: i64) -> Option<SttSignal> {
         self.segment_start = None;
+        self.generation.set(self.generation.get() + 1);
         let samples = std::mem::take(&mut self.samples);
         let started = Instant::now();
         let decoded = self.pool.decode(samples, true).await;
