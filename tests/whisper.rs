@@ -17,7 +17,7 @@ use common::voice::{
 use common::Backend;
 
 fn model_dir() -> PathBuf {
-    let cache = std::env::var_os("CALLENGINE_MODEL_CACHE")
+    let cache = std::env::var_os("TEST_WHISPER_MODEL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
