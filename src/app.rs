@@ -15,7 +15,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
 use crate::call::registry::{CallRegistry, Drain};
-use crate::call::CallDeps;
+use crate::call::{CallDeps, SttProviders};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::media::voice;
 use crate::ops::{api, health};
@@ -136,7 +136,10 @@ impl Application {
                 source,
             })?
             .port();
-        let stt = build_stt_provider(&settings).await?;
+        let stt = SttProviders::new(
+            build_stt_provider(&settings).await?,
+            other_stt_providers(&settings),
+        );
         let registry = CallRegistry::default().start();
         let persist_arbiter = Arbiter::new();
         let calls = Arc::new(CallDeps::new(
@@ -309,6 +312,25 @@ async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>,
             .map(|p| Arc::new(p) as Arc<dyn SttProvider>)
             .map_err(|message| invalid("stt.scripted", message)),
     }
+}
+
+/// Providers a tenant may pick besides the default: `scripted` always, `deepgram` and `flux`
+/// when a Deepgram key is configured. (Local Whisper loads ~300 MB per worker, so it is only
+/// there when it is the default.)
+fn other_stt_providers(settings: &Settings) -> Vec<Arc<dyn SttProvider>> {
+    let queue = settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize;
+    let mut others: Vec<Arc<dyn SttProvider>> = Vec::new();
+    if let Ok(scripted) = ScriptedProvider::new(settings.stt.scripted.clone(), queue) {
+        others.push(Arc::new(scripted));
+    }
+    if settings.stt.deepgram.api_key.is_some() {
+        for api in [DeepgramApi::V1, DeepgramApi::Flux] {
+            if let Ok(provider) = DeepgramProvider::new(settings.stt.deepgram.clone(), api, queue) {
+                others.push(Arc::new(provider));
+            }
+        }
+    }
+    others
 }
 
 async fn sweep_orphans(store: &Store, settings: &Settings) -> Result<Vec<uuid::Uuid>, StoreError> {

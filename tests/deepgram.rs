@@ -324,3 +324,84 @@ async fn deepgram_without_a_key_is_a_start_up_error() {
     assert!(err.to_string().contains("stt.deepgram.api_key"), "{err}");
     db.cleanup().await;
 }
+
+#[actix_web::test]
+async fn each_tenant_gets_its_own_provider_and_an_unavailable_one_fails_the_call_at_start() {
+    use callengine::store::NewTenant;
+    let fake = FakeDeepgram::start().await;
+    let app = app_with(
+        &fake,
+        "deepgram",
+        &[("CALLENGINE_STT__SCRIPTED__TURN_MS", "1300")],
+    )
+    .await;
+    let tenant = |name: &str, provider: Option<&str>| NewTenant {
+        id: None,
+        name: format!("{name}-{}", Uuid::new_v4()),
+        webhook_url: None,
+        webhook_secret: None,
+        cost_per_second_micros: 1_000,
+        stt_provider: provider.map(String::from),
+    };
+    let scripted = app
+        .store()
+        .insert_tenant(&tenant("scripted", Some("scripted")))
+        .await
+        .unwrap();
+    let default = app
+        .store()
+        .insert_tenant(&tenant("default", None))
+        .await
+        .unwrap();
+    let missing = app
+        .store()
+        .insert_tenant(&tenant("missing", Some("whisper")))
+        .await
+        .unwrap();
+    let query = |t: Uuid| {
+        format!(
+            "tenant_id={t}&campaign_id={}&lead_id={}",
+            Uuid::new_v4(),
+            Uuid::new_v4()
+        )
+    };
+
+    for (tenant_id, expected) in [
+        (scripted.id, "hello this is a test call"),
+        (default.id, "turn 1 words"),
+    ] {
+        let mut client = VoiceClient::connect(app.port, Uuid::new_v4(), &query(tenant_id)).await;
+        client.wait_started().await;
+        client.send_pcm(&coded_audio(1)).await;
+        client.wait_finals(1).await;
+        client.close(1000).await;
+        let log = client.finished().await;
+        assert_eq!(
+            log.finals[0].1, expected,
+            "tenant {tenant_id} used the wrong provider"
+        );
+    }
+    assert_eq!(
+        fake.state.lock().unwrap().connections,
+        1,
+        "only the default tenant's call reached Deepgram"
+    );
+
+    let client = VoiceClient::connect(app.port, Uuid::new_v4(), &query(missing.id)).await;
+    let call_id = client.wait_started().await;
+    let log = client.finished().await;
+    assert!(
+        log.errors.iter().any(|e| e.contains("\"whisper\"")),
+        "{:?}",
+        log.errors
+    );
+    let expect = Expect {
+        status: CallStatus::Failed,
+        end_reason: "stt_failed",
+        finals: 0,
+        close: Some(1011),
+        client_saw_all: true,
+    };
+    assert_eq!(assert_durable(app.store(), &log, expect).await, call_id);
+    app.stop().await;
+}

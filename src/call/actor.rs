@@ -26,7 +26,9 @@ use super::outbound::{spawn_writer, Outbound};
 use super::registry::{Register, Unregister};
 use super::CallDeps;
 use crate::audio::pcm::{validate_frame, PcmFormat};
-use crate::persist::{FinishCall, PersistBacklog, Persister, StartCall, TurnsCommitted};
+use crate::persist::{
+    FinishCall, PersistBacklog, Persister, StartCall, StartedCall, TurnsCommitted,
+};
 use crate::store::{CompletionOutcome, Direction, LinkOutcome, NewCall, Protocol, StoreError};
 use crate::stt::actor::{SttActor, SttAudio, SttFinish, SttGaveUp, SttLinks, SttState, SttStatus};
 use crate::transcript::buffer::{FlushTranscript, PartialUpdate, TranscriptBuffer};
@@ -118,6 +120,7 @@ pub struct CallActor {
     persister: Option<Addr<Persister>>,
     transcript: Option<Addr<TranscriptBuffer>>,
     stt: Option<Addr<SttActor>>,
+    provider: Option<Arc<dyn crate::stt::SttProvider>>,
     counters: Counters,
 }
 
@@ -142,6 +145,7 @@ impl CallActor {
             persister: None,
             transcript: None,
             stt: None,
+            provider: None,
             counters: Counters::default(),
         }
     }
@@ -179,7 +183,8 @@ impl CallActor {
         }
     }
 
-    fn go_live(&mut self, call: crate::store::Call, outcome: LinkOutcome, ctx: &mut Context<Self>) {
+    fn go_live(&mut self, started: StartedCall, ctx: &mut Context<Self>) {
+        let (call, outcome) = (started.call, started.outcome);
         let call_id = call.id;
         self.call_id = Some(call_id);
         self.phase = Phase::Live;
@@ -195,21 +200,28 @@ impl CallActor {
         let Some(persister) = self.persister.clone() else {
             return;
         };
+        let provider = match self.deps.stt.pick(started.stt_provider.as_deref()) {
+            Ok(provider) => provider,
+            Err(reason) => {
+                // The row exists: end the call through the normal path, failed, with the reason.
+                tracing::error!(%call_id, %reason, "no STT provider for this call");
+                self.send_event(json!({ "type": "call", "call_id": call_id, "status": "active" }));
+                self.send_event(json!({ "type": "error", "message": reason }));
+                return self.begin_finish(EndReason::SttFailed(reason), ctx);
+            }
+        };
+        self.provider = Some(provider.clone());
         let transcript = TranscriptBuffer::new(
             &self.params.speaker,
-            self.deps
-                .stt
+            provider
                 .promotes_stale_partials()
                 .then_some(self.deps.partial_promote),
             persister.recipient(),
             me.clone().recipient(),
         )
         .start();
-        let (provider, policy, links_tb) = (
-            self.deps.stt.clone(),
-            self.deps.stt_policy.clone(),
-            transcript.clone(),
-        );
+        let (provider, policy, links_tb) =
+            (provider, self.deps.stt_policy.clone(), transcript.clone());
         let (status, gave_up) = (me.clone().recipient(), me.recipient());
         self.stt = Some(actix::Supervisor::start(move |_| {
             SttActor::new(
@@ -388,7 +400,7 @@ impl CallActor {
             frames_dropped: c.frames_dropped + c.stt_dropped,
             text_ignored: c.text_ignored,
             client_events_dropped: c.client_events_dropped,
-            stt_provider: self.deps.stt.name(),
+            stt_provider: self.provider.as_ref().map_or("none", |p| p.name()),
             stt_state: c.stt_state.unwrap_or(SttState::Connecting).as_str(),
             stt_restarts: c.stt_restarts,
             turns: c.turns,
@@ -431,7 +443,7 @@ impl Actor for CallActor {
                 .send(start)
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
-                    Ok(Ok((call, outcome))) => act.go_live(call, outcome, ctx),
+                    Ok(Ok(started)) => act.go_live(started, ctx),
                     Ok(Err(err)) => act.fail_start(err, ctx),
                     Err(err) => act.fail_start(
                         StoreError::InvalidInput(format!("persister unavailable: {err}")),

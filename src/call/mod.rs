@@ -16,10 +16,45 @@ use crate::store::Store;
 use crate::stt::actor::SttPolicy;
 use crate::stt::SttProvider;
 
+/// The STT providers this node has, and the default. A tenant's `stt_provider` picks one.
+pub struct SttProviders {
+    default: Arc<dyn SttProvider>,
+    by_name: std::collections::HashMap<&'static str, Arc<dyn SttProvider>>,
+}
+
+impl SttProviders {
+    /// The default provider plus others available on this node.
+    pub fn new(default: Arc<dyn SttProvider>, others: Vec<Arc<dyn SttProvider>>) -> Self {
+        let mut by_name = std::collections::HashMap::new();
+        for provider in others.into_iter().chain(std::iter::once(default.clone())) {
+            by_name.insert(provider.name(), provider);
+        }
+        Self { default, by_name }
+    }
+
+    /// The provider for a tenant's choice (`None`: the default). An unknown or unconfigured
+    /// choice is an error naming it, so the call fails at its start rather than later.
+    pub fn pick(&self, choice: Option<&str>) -> Result<Arc<dyn SttProvider>, String> {
+        match choice.map(str::trim).filter(|c| !c.is_empty()) {
+            None => Ok(self.default.clone()),
+            Some(name) => self.by_name.get(name).cloned().ok_or_else(|| {
+                let mut available: Vec<&str> = self.by_name.keys().copied().collect();
+                available.sort_unstable();
+                format!("the tenant's STT provider {name:?} is not configured on this node (available: {})", available.join(", "))
+            }),
+        }
+    }
+
+    /// The default provider.
+    pub fn default_provider(&self) -> &Arc<dyn SttProvider> {
+        &self.default
+    }
+}
+
 /// What every call needs, shared read-only by all of them.
 pub struct CallDeps {
     pub store: Store,
-    pub stt: Arc<dyn SttProvider>,
+    pub stt: SttProviders,
     pub stt_policy: SttPolicy,
     pub registry: actix::Addr<registry::CallRegistry>,
     /// Arbiter the persisters run on (outlives the HTTP workers).
@@ -36,7 +71,7 @@ impl CallDeps {
     pub fn new(
         settings: &Settings,
         store: Store,
-        stt: Arc<dyn SttProvider>,
+        stt: SttProviders,
         registry: actix::Addr<registry::CallRegistry>,
         persist_arbiter: ArbiterHandle,
     ) -> Self {

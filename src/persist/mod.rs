@@ -25,9 +25,18 @@ use crate::stt::supervision::Backoff;
 /// Turns written per transaction at most.
 const BATCH: usize = 64;
 
+/// A started call: its row, whether it was linked, and its tenant's STT provider choice.
+#[derive(Debug, Clone)]
+pub struct StartedCall {
+    pub call: Call,
+    pub outcome: LinkOutcome,
+    /// The tenant's `stt_provider`, when the tenant exists and sets one.
+    pub stt_provider: Option<String>,
+}
+
 /// Creates or links the call row; the persister remembers the call id.
 #[derive(Message)]
-#[rtype(result = "Result<(Call, LinkOutcome), StoreError>")]
+#[rtype(result = "Result<StartedCall, StoreError>")]
 pub struct StartCall {
     pub new_call: NewCall,
     /// Keep retrying an unreachable database this long.
@@ -260,15 +269,27 @@ impl Actor for Persister {
 }
 
 impl Handler<StartCall> for Persister {
-    type Result = ResponseActFuture<Self, Result<(Call, LinkOutcome), StoreError>>;
+    type Result = ResponseActFuture<Self, Result<StartedCall, StoreError>>;
 
     fn handle(&mut self, msg: StartCall, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         let create = async move {
             let started = crate::clock::now();
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 0.2);
+            let attempt = || async {
+                let (call, outcome) = store.create_or_link_call(&msg.new_call).await?;
+                let stt_provider = store
+                    .get_tenant(call.tenant_id)
+                    .await?
+                    .and_then(|t| t.stt_provider);
+                Ok::<_, StoreError>(StartedCall {
+                    call,
+                    outcome,
+                    stt_provider,
+                })
+            };
             loop {
-                match store.create_or_link_call(&msg.new_call).await {
+                match attempt().await {
                     Err(err) if !is_permanent(&err) && started.elapsed() < msg.patience => {
                         tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
                     }
@@ -277,8 +298,8 @@ impl Handler<StartCall> for Persister {
             }
         };
         Box::pin(create.into_actor(self).map(|result, act, _ctx| {
-            if let Ok((call, _)) = &result {
-                act.call_id = Some(call.id);
+            if let Ok(started) = &result {
+                act.call_id = Some(started.call.id);
             }
             result
         }))
