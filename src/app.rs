@@ -267,8 +267,13 @@ pub async fn migrate_with_retry(
     }
 }
 
+/// Audio messages a provider stream queues: the live queue plus room for a full replay burst.
+fn stt_queue_frames(settings: &Settings) -> usize {
+    settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize
+}
+
 async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>, StartError> {
-    let queue = settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize;
+    let queue = stt_queue_frames(settings);
     let invalid = |key: &str, message: String| {
         StartError::Config(ConfigError::Invalid {
             key: key.into(),
@@ -288,14 +293,8 @@ async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>,
             let whisper = settings.stt.whisper.clone();
             let cache = settings.data_dir.join("models");
             let pool = tokio::task::spawn_blocking(move || {
-                let dir = match &whisper.model_dir {
-                    Some(dir) => dir.clone(),
-                    None => {
-                        let mut progress = fetch::stderr_progress();
-                        fetch::ensure_model(&cache, &fetch::FetchSource::default(), &mut progress)
-                            .map_err(|err| err.to_string())?
-                    }
-                };
+                let dir = fetch::resolve_model_dir(whisper.model_dir.as_deref(), &cache)
+                    .map_err(|err| err.to_string())?;
                 WhisperPool::start(&dir, whisper.workers, whisper.queue).map(|pool| (pool, whisper))
             })
             .await
@@ -318,7 +317,7 @@ async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>,
 /// when a Deepgram key is configured. (Local Whisper loads ~300 MB per worker, so it is only
 /// there when it is the default.)
 fn other_stt_providers(settings: &Settings) -> Vec<Arc<dyn SttProvider>> {
-    let queue = settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize;
+    let queue = stt_queue_frames(settings);
     let mut others: Vec<Arc<dyn SttProvider>> = Vec::new();
     if let Ok(scripted) = ScriptedProvider::new(settings.stt.scripted.clone(), queue) {
         others.push(Arc::new(scripted));

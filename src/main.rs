@@ -114,11 +114,8 @@ async fn model(settings: Settings, command: ModelCommand) -> anyhow::Result<()> 
     match command {
         ModelCommand::Fetch { cache_dir } => {
             let cache = cache_dir.unwrap_or_else(|| settings.data_dir.join("models"));
-            let dir = tokio::task::spawn_blocking(move || {
-                let mut progress = fetch::stderr_progress();
-                fetch::ensure_model(&cache, &fetch::FetchSource::default(), &mut progress)
-            })
-            .await??;
+            let dir = tokio::task::spawn_blocking(move || fetch::resolve_model_dir(None, &cache))
+                .await??;
             println!("model ready: {}", dir.display());
         }
         ModelCommand::Inspect { dir } => {
@@ -145,17 +142,7 @@ async fn transcribe(
 ) -> anyhow::Result<()> {
     use callengine::stt::whisper::{engine::WhisperEngine, fetch};
     let text = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let dir = match model {
-            Some(dir) => dir,
-            None => {
-                let mut progress = fetch::stderr_progress();
-                fetch::ensure_model(
-                    &settings.data_dir.join("models"),
-                    &fetch::FetchSource::default(),
-                    &mut progress,
-                )?
-            }
-        };
+        let dir = fetch::resolve_model_dir(model.as_deref(), &settings.data_dir.join("models"))?;
         let wav = callengine::audio::wav::parse(&std::fs::read(&file)?)?;
         let samples = wav.to_mono_16k();
         let mut engine = WhisperEngine::load(&dir)?;

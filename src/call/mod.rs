@@ -44,11 +44,6 @@ impl SttProviders {
             }),
         }
     }
-
-    /// The default provider.
-    pub fn default_provider(&self) -> &Arc<dyn SttProvider> {
-        &self.default
-    }
 }
 
 /// What every call needs, shared read-only by all of them.

@@ -74,6 +74,25 @@ struct ProviderError {
     description: Option<String>,
 }
 
+/// The message's `type`; `None` for text that is not a provider message.
+fn message_type(text: &str) -> Option<String> {
+    serde_json::from_str::<Envelope>(text)
+        .ok()
+        .map(|envelope| envelope.kind)
+}
+
+/// Parses `text` as `T` and turns it into events; a malformed message yields none.
+fn events_of<T: serde::de::DeserializeOwned>(
+    text: &str,
+    to_events: impl FnOnce(T) -> Vec<SttEvent>,
+) -> Normalised {
+    Normalised::Events(
+        serde_json::from_str::<T>(text)
+            .map(to_events)
+            .unwrap_or_default(),
+    )
+}
+
 fn ms(offset_ms: i64, seconds: f64) -> i64 {
     offset_ms + (seconds * 1000.0).round() as i64
 }
@@ -111,16 +130,10 @@ impl V1Normalizer {
 
     /// One text message from the server.
     pub fn on_message(&mut self, text: &str) -> Normalised {
-        let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
-            return Normalised::Events(Vec::new());
-        };
-        match envelope.kind.as_str() {
-            "Results" => match serde_json::from_str::<V1Results>(text) {
-                Ok(results) => Normalised::Events(self.on_results(results)),
-                Err(_) => Normalised::Events(Vec::new()),
-            },
-            "UtteranceEnd" => Normalised::Events(self.close_turn().into_iter().collect()),
-            "Error" => Normalised::Failure(error_of(text)),
+        match message_type(text).as_deref() {
+            Some("Results") => events_of(text, |results| self.on_results(results)),
+            Some("UtteranceEnd") => Normalised::Events(self.close_turn().into_iter().collect()),
+            Some("Error") => Normalised::Failure(error_of(text)),
             _ => Normalised::Events(Vec::new()),
         }
     }
@@ -210,15 +223,9 @@ impl FluxNormalizer {
 
     /// One text message from the server.
     pub fn on_message(&mut self, text: &str) -> Normalised {
-        let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
-            return Normalised::Events(Vec::new());
-        };
-        match envelope.kind.as_str() {
-            "TurnInfo" => match serde_json::from_str::<FluxTurnInfo>(text) {
-                Ok(info) => Normalised::Events(self.on_turn_info(info)),
-                Err(_) => Normalised::Events(Vec::new()),
-            },
-            "Error" => Normalised::Failure(error_of(text)),
+        match message_type(text).as_deref() {
+            Some("TurnInfo") => events_of(text, |info| self.on_turn_info(info)),
+            Some("Error") => Normalised::Failure(error_of(text)),
             _ => Normalised::Events(Vec::new()),
         }
     }

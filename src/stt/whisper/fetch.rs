@@ -103,6 +103,15 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 /// Download progress: `(bytes so far, total if known)`.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, Option<u64>);
 
+/// The model to use: `explicit` when given, else the cached tiny.en under `cache`, fetched
+/// (with a progress bar on stderr) when missing. Blocking.
+pub fn resolve_model_dir(explicit: Option<&Path>, cache: &Path) -> Result<PathBuf, FetchError> {
+    match explicit {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => ensure_model(cache, &FetchSource::default(), &mut stderr_progress()),
+    }
+}
+
 /// Makes sure `cache/whisper-tiny.en` holds a complete model; returns its path. Does nothing when
 /// it is already there. Blocking: call it from a thread of its own.
 pub fn ensure_model(
