@@ -1,5 +1,6 @@
-//! Hot paths of the realtime call: PCM validation, the turn assembler, and one validated frame
-//! handed through the `SttActor` mailbox to the provider's audio channel.
+//! Hot paths of the realtime call: PCM validation, carrier audio (μ-law decode + 8 → 16 kHz
+//! resampling, Twilio message parsing, AudioSocket framing), the turn assembler, and one
+//! validated frame handed through the `SttActor` mailbox to the provider's audio channel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -119,6 +120,7 @@ fn frame_to_stt(c: &mut Criterion) {
             audio_queue_frames: 50,
             finalize_timeout: Duration::from_secs(1),
             sample_rate: 16_000,
+            api_key: None,
         };
         let links = SttLinks {
             transcript,
@@ -153,5 +155,76 @@ fn frame_to_stt(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pcm_validation, turn_assembler, frame_to_stt);
+fn carrier_audio(c: &mut Criterion) {
+    use callengine::audio::g711;
+    use callengine::media::normalize::{AudioFormat, Encoding, Normalizer};
+    use callengine::media::{audiosocket, twilio};
+
+    let mut group = c.benchmark_group("carrier_audio");
+    group.throughput(Throughput::Elements(1));
+    let ulaw: Vec<u8> = (0..160u32).map(|i| (i * 37 % 256) as u8).collect();
+    let mut decoded = Vec::with_capacity(160);
+    group.bench_function("ulaw_decode_160B", |b| {
+        b.iter(|| {
+            decoded.clear();
+            g711::decode_ulaw(black_box(&ulaw), &mut decoded);
+            black_box(decoded.len())
+        })
+    });
+    let mut normalizer = Normalizer::new(AudioFormat {
+        encoding: Encoding::Mulaw,
+        sample_rate: 8_000,
+        channels: 1,
+    })
+    .unwrap();
+    group.bench_function("ulaw_8k_to_16k_frame", |b| {
+        b.iter(|| {
+            let mut frames = 0;
+            normalizer.push(black_box(&ulaw), |_, f| {
+                frames += f.len();
+            });
+            black_box(frames)
+        })
+    });
+    let mut l16 = Normalizer::new(AudioFormat {
+        encoding: Encoding::L16,
+        sample_rate: 8_000,
+        channels: 1,
+    })
+    .unwrap();
+    let slin = vec![3u8; 320];
+    group.bench_function("slin_8k_to_16k_frame", |b| {
+        b.iter(|| {
+            let mut frames = 0;
+            l16.push(black_box(&slin), |_, f| {
+                frames += f.len();
+            });
+            black_box(frames)
+        })
+    });
+    let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ulaw);
+    let message = format!(
+        r#"{{"event":"media","sequenceNumber":"42","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","media":{{"track":"inbound","chunk":"41","timestamp":"820","payload":"{payload}"}}}}"#
+    );
+    group.bench_function("twilio_media_parse", |b| {
+        b.iter(|| black_box(twilio::parse(black_box(&message)).unwrap()))
+    });
+    let frame = audiosocket::encode(0x10, &[1u8; 320]);
+    let mut decoder = audiosocket::Decoder::default();
+    group.bench_function("audiosocket_frame", |b| {
+        b.iter(|| {
+            decoder.push(black_box(&frame));
+            black_box(decoder.next_frame().unwrap())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    pcm_validation,
+    carrier_audio,
+    turn_assembler,
+    frame_to_stt
+);
 criterion_main!(benches);

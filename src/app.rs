@@ -17,7 +17,9 @@ use actix_web::{web, App, HttpServer};
 use crate::call::registry::{CallRegistry, Drain};
 use crate::call::{CallDeps, SttProviders};
 use crate::config::{ConfigError, Secret, Settings};
-use crate::media::voice;
+use crate::media::socket_server::AudioSocketListener;
+use crate::media::{carriers, voice};
+use crate::ops::metrics::{self, Metrics};
 use crate::ops::{api, health};
 use crate::store::{DatabaseUrl, Store, StoreError, StoreOptions};
 use crate::stt::deepgram::{DeepgramApi, DeepgramProvider};
@@ -57,6 +59,16 @@ pub struct AppState {
     pub registry: Addr<CallRegistry>,
     /// Bearer token of the operator API.
     pub admin_token: Option<Secret>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Token `/metrics` requires, when set.
+    pub metrics_token: Option<Secret>,
+    /// Live-call limits (node and tenant).
+    pub limiter: Arc<crate::call::limits::CallLimiter>,
+    /// Carrier media settings.
+    pub media: crate::config::MediaSettings,
+    /// Inbound webhook settings.
+    pub webhooks: crate::webhooks::WebhookSettings,
     draining: Arc<AtomicBool>,
 }
 
@@ -70,10 +82,12 @@ impl AppState {
 /// A built, bound application, ready to serve.
 pub struct Application {
     port: u16,
+    audiosocket_port: Option<u16>,
     server: Server,
     state: web::Data<AppState>,
     persist_arbiter: Arbiter,
     drain_timeout: Duration,
+    postcall: Option<crate::postcall::PostcallHandle>,
 }
 
 /// Stops a running application: marks the node draining, finishes every call (close 1001, final
@@ -81,6 +95,7 @@ pub struct Application {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     server: ServerHandle,
+    postcall: Option<crate::postcall::PostcallHandle>,
     draining: Arc<AtomicBool>,
     registry: Addr<CallRegistry>,
     drain_timeout: Duration,
@@ -97,6 +112,9 @@ impl ShutdownHandle {
     /// deadline), then stops the server gracefully.
     pub async fn shutdown(&self) {
         self.begin_drain();
+        if let Some(postcall) = &self.postcall {
+            postcall.stop();
+        }
         match tokio::time::timeout(self.drain_timeout, self.registry.send(Drain)).await {
             Ok(Ok(report)) => {
                 tracing::info!(calls = report.calls, "all calls finished and flushed")
@@ -136,19 +154,22 @@ impl Application {
                 source,
             })?
             .port();
+        let metrics = Arc::new(Metrics::default());
         let stt = SttProviders::new(
-            build_stt_provider(&settings).await?,
+            build_stt_provider(&settings, &metrics).await?,
             other_stt_providers(&settings),
         );
         let registry = CallRegistry::default().start();
         let persist_arbiter = Arbiter::new();
-        let calls = Arc::new(CallDeps::new(
+        let mut deps = CallDeps::new(
             &settings,
             store.clone(),
             stt,
             registry.clone(),
             persist_arbiter.handle(),
-        ));
+        );
+        deps.metrics = metrics.calls.clone();
+        let calls = Arc::new(deps);
         let state = web::Data::new(AppState {
             store,
             node_id: settings.node_id.clone(),
@@ -156,17 +177,63 @@ impl Application {
             calls,
             registry,
             admin_token: settings.api.admin_token.clone(),
+            metrics,
+            metrics_token: settings.api.metrics_token.clone(),
+            limiter: crate::call::limits::CallLimiter::new(
+                settings.media.max_calls,
+                settings.media.max_calls_per_tenant,
+            ),
+            media: settings.media.clone(),
+            webhooks: settings.webhooks.clone(),
             draining: Arc::new(AtomicBool::new(false)),
         });
+        let audiosocket_port = match settings.media.audiosocket_bind.as_str() {
+            "" => None,
+            bind => {
+                let listener = AudioSocketListener::bind(bind, &settings.media.audiosocket_allow)
+                    .map_err(|source| StartError::Io {
+                    context: format!("cannot listen for AudioSocket on {bind}"),
+                    source,
+                })?;
+                let port = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Io {
+                        context: "cannot read the AudioSocket address".into(),
+                        source,
+                    })?
+                    .port();
+                listener
+                    .run(state.clone())
+                    .map_err(|source| StartError::Io {
+                        context: "cannot start the AudioSocket listener".into(),
+                        source,
+                    })?;
+                tracing::info!(%bind, port, "AudioSocket listening");
+                Some(port)
+            }
+        };
+        let postcall = start_postcall(&settings, &state.store, state.metrics.postcall.clone())?;
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
                 .service(health::healthz)
                 .service(health::readyz)
+                .service(health::dashboard)
+                .service(metrics::scrape)
                 .service(voice::voice_ws)
+                .service(carriers::vonage_ws)
+                .service(carriers::twilio_ws)
+                .service(carriers::audiofork_ws)
+                .configure(crate::webhooks::configure)
                 .service(api::list_calls)
+                .service(api::register_call)
+                .service(api::get_call)
+                .service(api::transcript)
                 .service(api::hangup)
+                .service(api::list_jobs)
+                .service(api::call_deliveries)
+                .service(api::resend_delivery)
         })
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout_secs);
@@ -184,16 +251,23 @@ impl Application {
         let drain_timeout = Duration::from_secs(settings.calls.drain_timeout_secs);
         Ok(Self {
             port,
+            audiosocket_port,
             server,
             state,
             persist_arbiter,
             drain_timeout,
+            postcall,
         })
     }
 
     /// The bound port (useful when binding port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The AudioSocket listener's port, when one is configured.
+    pub fn audiosocket_port(&self) -> Option<u16> {
+        self.audiosocket_port
     }
 
     /// Shared state (the store, the draining flag).
@@ -205,6 +279,7 @@ impl Application {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             server: self.server.handle(),
+            postcall: self.postcall.clone(),
             draining: self.state.draining.clone(),
             registry: self.state.registry.clone(),
             drain_timeout: self.drain_timeout,
@@ -267,12 +342,43 @@ pub async fn migrate_with_retry(
     }
 }
 
+/// Starts the post-call workers and webhook senders configured for this process.
+pub fn start_postcall(
+    settings: &Settings,
+    store: &Store,
+    metrics: crate::ops::metrics::PostcallMetrics,
+) -> Result<Option<crate::postcall::PostcallHandle>, StartError> {
+    let p = &settings.postcall;
+    if p.workers == 0 && p.webhook_workers == 0 {
+        return Ok(None);
+    }
+    crate::postcall::Pipeline::start(
+        store.clone(),
+        p.clone(),
+        settings.data_dir.clone(),
+        settings.stt.whisper.model_dir.clone(),
+        settings.node_id.clone(),
+        metrics,
+    )
+    .map(Some)
+    .map_err(|message| {
+        StartError::Config(ConfigError::Invalid {
+            key: "postcall".into(),
+            origin: String::new(),
+            message,
+        })
+    })
+}
+
 /// Audio messages a provider stream queues: the live queue plus room for a full replay burst.
 fn stt_queue_frames(settings: &Settings) -> usize {
     settings.stt.audio_queue_frames + (settings.stt.replay_buffer_ms / 20) as usize
 }
 
-async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>, StartError> {
+async fn build_stt_provider(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Arc<dyn SttProvider>, StartError> {
     let queue = stt_queue_frames(settings);
     let invalid = |key: &str, message: String| {
         StartError::Config(ConfigError::Invalid {
@@ -282,7 +388,7 @@ async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>,
         })
     };
     let deepgram = |api| {
-        DeepgramProvider::new(settings.stt.deepgram.clone(), api, queue)
+        DeepgramProvider::new(settings.stt.deepgram.clone(), api, queue, true)
             .map(|p| Arc::new(p) as Arc<dyn SttProvider>)
             .map_err(|message| invalid("stt.deepgram", message))
     };
@@ -292,10 +398,12 @@ async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>,
         "whisper" => {
             let whisper = settings.stt.whisper.clone();
             let cache = settings.data_dir.join("models");
+            let whisper_metrics = metrics.whisper.clone();
             let pool = tokio::task::spawn_blocking(move || {
                 let dir = fetch::resolve_model_dir(whisper.model_dir.as_deref(), &cache)
                     .map_err(|err| err.to_string())?;
-                WhisperPool::start(&dir, whisper.workers, whisper.queue).map(|pool| (pool, whisper))
+                WhisperPool::start(&dir, whisper.workers, whisper.queue, whisper_metrics)
+                    .map(|pool| (pool, whisper))
             })
             .await
             .map_err(|err| invalid("stt.whisper", err.to_string()))?
@@ -313,20 +421,20 @@ async fn build_stt_provider(settings: &Settings) -> Result<Arc<dyn SttProvider>,
     }
 }
 
-/// Providers a tenant may pick besides the default: `scripted` always, `deepgram` and `flux`
-/// when a Deepgram key is configured. (Local Whisper loads ~300 MB per worker, so it is only
-/// there when it is the default.)
+/// Providers a tenant may pick besides the default: `scripted`, `deepgram` and `flux` (with the
+/// tenant's own key, or the node's `stt.deepgram.api_key`). Local Whisper loads ~300 MB per
+/// worker, so it is only there when it is the default.
 fn other_stt_providers(settings: &Settings) -> Vec<Arc<dyn SttProvider>> {
     let queue = stt_queue_frames(settings);
     let mut others: Vec<Arc<dyn SttProvider>> = Vec::new();
     if let Ok(scripted) = ScriptedProvider::new(settings.stt.scripted.clone(), queue) {
         others.push(Arc::new(scripted));
     }
-    if settings.stt.deepgram.api_key.is_some() {
-        for api in [DeepgramApi::V1, DeepgramApi::Flux] {
-            if let Ok(provider) = DeepgramProvider::new(settings.stt.deepgram.clone(), api, queue) {
-                others.push(Arc::new(provider));
-            }
+    for api in [DeepgramApi::V1, DeepgramApi::Flux] {
+        if let Ok(provider) =
+            DeepgramProvider::new(settings.stt.deepgram.clone(), api, queue, false)
+        {
+            others.push(Arc::new(provider));
         }
     }
     others

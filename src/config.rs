@@ -215,6 +215,43 @@ pub struct ApiSettings {
     /// Bearer token for `/api/*`. Unset: the API answers 503 (disabled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
+    /// Bearer token `/metrics` requires when set (the admin token works too). Unset: open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<Secret>,
+}
+
+/// Carrier media endpoints (`[media]`): Vonage, Twilio, audio_fork, AudioSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Tenant of carrier calls that name none (UUID; empty: such calls are refused).
+    pub default_tenant_id: String,
+    /// Live calls this node takes at once, over every transport (0: no limit).
+    pub max_calls: usize,
+    /// Live calls per tenant unless the tenant sets its own cap (0: no limit).
+    pub max_calls_per_tenant: usize,
+    /// Time a carrier has to send its first message (start/connected/metadata/UUID).
+    pub handshake_timeout_ms: u64,
+    /// AudioSocket TCP listener, `HOST:PORT`; empty: no listener.
+    pub audiosocket_bind: String,
+    /// Tenant of AudioSocket calls (UUID; required with a listener).
+    pub audiosocket_tenant_id: String,
+    /// Source addresses allowed to open AudioSocket sessions, comma-separated; `*`: any.
+    pub audiosocket_allow: String,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            default_tenant_id: String::new(),
+            max_calls: 10_000,
+            max_calls_per_tenant: 0,
+            handshake_timeout_ms: 10_000,
+            audiosocket_bind: String::new(),
+            audiosocket_tenant_id: String::new(),
+            audiosocket_allow: "127.0.0.1,::1".into(),
+        }
+    }
 }
 
 /// All of callengine's settings.
@@ -241,6 +278,12 @@ pub struct Settings {
     pub stt: SttSettings,
     /// Operator API.
     pub api: ApiSettings,
+    /// Carrier media endpoints.
+    pub media: MediaSettings,
+    /// Inbound webhooks.
+    pub webhooks: crate::webhooks::WebhookSettings,
+    /// Post-call workers and outbound webhooks.
+    pub postcall: crate::postcall::PostcallSettings,
 }
 
 impl Default for Settings {
@@ -256,6 +299,9 @@ impl Default for Settings {
             calls: CallSettings::default(),
             stt: SttSettings::default(),
             api: ApiSettings::default(),
+            media: MediaSettings::default(),
+            webhooks: crate::webhooks::WebhookSettings::default(),
+            postcall: crate::postcall::PostcallSettings::default(),
         }
     }
 }
@@ -308,6 +354,52 @@ impl Settings {
                 format!("{err} (expected HOST:PORT, e.g. 127.0.0.1:8080)"),
             )
         })?;
+        let m = &self.media;
+        for (key, value) in [
+            (
+                "webhooks.default_tenant_id",
+                &self.webhooks.default_tenant_id,
+            ),
+            ("media.default_tenant_id", &m.default_tenant_id),
+            ("media.audiosocket_tenant_id", &m.audiosocket_tenant_id),
+        ] {
+            if !value.is_empty() && uuid::Uuid::parse_str(value).is_err() {
+                return Err(fail(key, format!("must be a UUID, got {value:?}")));
+            }
+        }
+        if !m.audiosocket_bind.is_empty() {
+            m.audiosocket_bind.parse::<SocketAddr>().map_err(|err| {
+                fail(
+                    "media.audiosocket_bind",
+                    format!("{err} (expected HOST:PORT)"),
+                )
+            })?;
+            if m.audiosocket_tenant_id.is_empty() {
+                return Err(fail(
+                    "media.audiosocket_tenant_id",
+                    "is required when media.audiosocket_bind is set".into(),
+                ));
+            }
+        }
+        for entry in m.audiosocket_allow.split(',').map(str::trim) {
+            if entry != "*" && !entry.is_empty() && entry.parse::<std::net::IpAddr>().is_err() {
+                return Err(fail(
+                    "media.audiosocket_allow",
+                    format!("{entry:?} is not an IP address (or *)"),
+                ));
+            }
+        }
+        if let Err(message) =
+            crate::postcall::deliver::parse_schedule(&self.postcall.webhook_retry_secs)
+        {
+            return Err(fail("postcall.webhook_retry_secs", message));
+        }
+        if m.handshake_timeout_ms == 0 {
+            return Err(fail(
+                "media.handshake_timeout_ms",
+                "must be greater than 0".into(),
+            ));
+        }
         if self.node_id.trim().is_empty() || self.node_id.len() > 128 {
             return Err(fail("node_id", "must be 1 to 128 characters".into()));
         }

@@ -9,13 +9,16 @@ pub mod audio;
 pub mod call;
 pub mod clock;
 pub mod config;
+pub mod loadgen;
 pub mod media;
 pub mod ops;
 pub mod persist;
+pub mod postcall;
 pub mod store;
 pub mod stt;
 pub mod telemetry;
 pub mod transcript;
+pub mod webhooks;
 
 pub use app::Application;
 pub use config::Settings;

@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run the engine: HTTP server, health endpoints (applies migrations first).
     Serve,
+    /// Run only the post-call workers and webhook senders (no HTTP), e.g. on another machine
+    /// sharing the PostgreSQL database.
+    Worker,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage the local Whisper model.
@@ -38,7 +41,12 @@ enum Command {
         /// Model directory (default: DATA_DIR/models/whisper-tiny.en, fetched if missing).
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
+        /// Beam width (1: greedy).
+        #[arg(long, default_value_t = callengine::stt::whisper::engine::DEFAULT_BEAM)]
+        beam: usize,
     },
+    /// Open many concurrent simulated calls against a running engine and measure them.
+    Loadgen(callengine::loadgen::LoadgenArgs),
 }
 
 #[derive(Subcommand)]
@@ -66,12 +74,19 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(settings.log_format);
+    if let Command::Loadgen(args) = cli.command {
+        return loadgen(args);
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve => serve(settings).await,
+            Command::Worker => worker(settings).await,
             Command::Migrate => migrate(settings).await,
             Command::Model(command) => model(settings, command).await,
-            Command::Transcribe { file, model } => transcribe(settings, file, model).await,
+            Command::Transcribe { file, model, beam } => {
+                transcribe(settings, file, model, beam).await
+            }
+            Command::Loadgen(_) => Ok(()),
         }
     });
     match result {
@@ -84,6 +99,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs the load generator; exit status 1 when any call failed or lost a turn.
+fn loadgen(args: callengine::loadgen::LoadgenArgs) -> ExitCode {
+    let report_path = args.report.clone();
+    let report = match callengine::loadgen::run(args) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("callengine loadgen: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.summary());
+    if let Some(path) = report_path {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&path, json));
+        if let Err(err) = written {
+            eprintln!("callengine loadgen: cannot write {}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.failed_calls > 0 {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     let shutdown = app.shutdown_handle();
@@ -94,6 +135,30 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     app.run_until_stopped().await?;
     tracing::info!("callengine stopped");
+    Ok(())
+}
+
+async fn worker(settings: Settings) -> anyhow::Result<()> {
+    let store = callengine::app::open_store(&settings).await?;
+    let mut settings = settings;
+    if settings.postcall.workers == 0 {
+        settings.postcall.workers = 1;
+    }
+    let handle = callengine::app::start_postcall(
+        &settings,
+        &store,
+        callengine::ops::metrics::PostcallMetrics::default(),
+    )?;
+    tracing::info!(
+        workers = settings.postcall.workers,
+        webhook_workers = settings.postcall.webhook_workers,
+        "post-call worker running"
+    );
+    let signal = wait_for_signal().await;
+    tracing::info!(%signal, "stopping the post-call worker");
+    if let Some(handle) = handle {
+        handle.stop();
+    }
     Ok(())
 }
 
@@ -139,17 +204,30 @@ async fn transcribe(
     settings: Settings,
     file: PathBuf,
     model: Option<PathBuf>,
+    beam: usize,
 ) -> anyhow::Result<()> {
     use callengine::stt::whisper::{engine::WhisperEngine, fetch};
     let text = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         let dir = fetch::resolve_model_dir(model.as_deref(), &settings.data_dir.join("models"))?;
         let wav = callengine::audio::wav::parse(&std::fs::read(&file)?)?;
         let samples = wav.to_mono_16k();
+        let loading = std::time::Instant::now();
         let mut engine = WhisperEngine::load(&dir)?;
+        let load_s = loading.elapsed().as_secs_f64();
+        let decoding = std::time::Instant::now();
         let mut parts = Vec::new();
         for window in samples.chunks(callengine::stt::whisper::mel::N_SAMPLES) {
-            parts.push(engine.transcribe(window)?);
+            parts.push(engine.decode(window, beam)?.text);
         }
+        let (audio_s, decode_s) = (
+            samples.len() as f64 / 16_000.0,
+            decoding.elapsed().as_secs_f64(),
+        );
+        // Timings on stderr, so stdout stays the transcript.
+        eprintln!(
+            "audio {audio_s:.2} s; model load {load_s:.2} s; decode {decode_s:.2} s (beam {beam}, real-time factor {:.3})",
+            decode_s / audio_s.max(f64::EPSILON)
+        );
         Ok(parts.join(" "))
     })
     .await??;

@@ -342,6 +342,8 @@ async fn each_tenant_gets_its_own_provider_and_an_unavailable_one_fails_the_call
         webhook_secret: None,
         cost_per_second_micros: 1_000,
         stt_provider: provider.map(String::from),
+        stt_api_key: None,
+        ..NewTenant::default()
     };
     let scripted = app
         .store()
@@ -403,5 +405,80 @@ async fn each_tenant_gets_its_own_provider_and_an_unavailable_one_fails_the_call
         client_saw_all: true,
     };
     assert_eq!(assert_durable(app.store(), &log, expect).await, call_id);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_tenants_own_key_is_used_instead_of_the_nodes() {
+    use callengine::store::{NewTenant, Secret};
+    let fake = FakeDeepgram::start().await;
+    // The node's key is one the server refuses; only the tenant's own key works.
+    let app = app_with(
+        &fake,
+        "scripted",
+        &[("CALLENGINE_STT__DEEPGRAM__API_KEY", "node-key")],
+    )
+    .await;
+    let tenant = |name: &str, provider: &str, key: Option<&str>| NewTenant {
+        id: None,
+        name: format!("{name}-{}", Uuid::new_v4()),
+        webhook_url: None,
+        webhook_secret: None,
+        cost_per_second_micros: 1_000,
+        stt_provider: Some(provider.into()),
+        stt_api_key: key.map(Secret::new),
+        ..NewTenant::default()
+    };
+    let own = app
+        .store()
+        .insert_tenant(&tenant("own-key", "deepgram", Some(KEY)))
+        .await
+        .unwrap();
+    let node = app
+        .store()
+        .insert_tenant(&tenant("node-key", "flux", None))
+        .await
+        .unwrap();
+    let query = |t: Uuid| {
+        format!(
+            "tenant_id={t}&campaign_id={}&lead_id={}",
+            Uuid::new_v4(),
+            Uuid::new_v4()
+        )
+    };
+
+    let mut client = VoiceClient::connect(app.port, Uuid::new_v4(), &query(own.id)).await;
+    client.wait_started().await;
+    client.send_pcm(&coded_audio(2)).await;
+    client.wait_finals(2).await;
+    client.close(1000).await;
+    let log = client.finished().await;
+    assert_durable(
+        app.store(),
+        &log,
+        Expect::completed("caller_hangup", 2, 1000),
+    )
+    .await;
+    assert_eq!(texts(&log), expected(2));
+
+    let client = VoiceClient::connect(app.port, Uuid::new_v4(), &query(node.id)).await;
+    client.wait_started().await;
+    let log = client.finished().await;
+    let expect = Expect {
+        status: CallStatus::Failed,
+        end_reason: "stt_failed",
+        finals: 0,
+        close: Some(1011),
+        client_saw_all: true,
+    };
+    assert_durable(app.store(), &log, expect).await;
+
+    let s = fake.state.lock().unwrap().clone();
+    assert_eq!(
+        s.auth_headers,
+        vec![format!("Token {KEY}"), "Token node-key".to_string()],
+        "the tenant's key for its call, the node's for the tenant without one"
+    );
+    assert!(s.paths[0].starts_with("/v1/listen"), "{:?}", s.paths);
     app.stop().await;
 }

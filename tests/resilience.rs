@@ -105,6 +105,7 @@ fn spawn_server(dir: &Path, database_url: &str, port: u16) -> Child {
         .env("CALLENGINE_STT__SCRIPTED__TURN_MS", TURN_MS.to_string())
         .env("CALLENGINE_STT__SCRIPTED__PARTIALS_PER_TURN", "1")
         .env("CALLENGINE_CALLS__PARTIAL_PROMOTE_MS", "120000")
+        .env("CALLENGINE_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -244,6 +245,12 @@ async fn sigterm_closes_live_calls_with_1001_flushes_them_and_exits_cleanly() {
         wait_exit(&mut server).await.success(),
         "clean exit after the drain"
     );
+    // JSON logs: each call's lines carry its span (call id, tenant, protocol).
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("server.log"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     for log in &logs {
         let expect = Expect::completed("shutdown", 3, 1001);
         let call_id = assert_durable(&db.store, log, expect).await;
@@ -253,6 +260,15 @@ async fn sigterm_closes_live_calls_with_1001_flushes_them_and_exits_cleanly() {
             4,
             "700 ms = 3 turns and the pending partial of the 4th"
         );
+        let finished = lines
+            .iter()
+            .find(|l| {
+                l["message"] == "call finished" && l["span"]["call_id"] == call_id.to_string()
+            })
+            .unwrap_or_else(|| panic!("a JSON 'call finished' line in the call's span"));
+        assert_eq!(finished["span"]["name"], "call");
+        assert_eq!(finished["span"]["protocol"], "voice");
+        assert!(finished["span"]["tenant_id"].is_string());
     }
     db.cleanup().await;
 }

@@ -60,6 +60,7 @@ fn new_call(tenant: Uuid) -> NewCall {
         protocol: Protocol::Voice,
         direction: Direction::Inbound,
         started_at: Utc::now(),
+        media_metadata: Some(serde_json::json!({"stream_sid": "MZ1", "n": 2})),
     }
 }
 
@@ -82,14 +83,28 @@ async fn tenant_with_rate(store: &Store, cost_per_second_micros: i64) -> Tenant 
         id: None,
         name: format!("tenant-{}", Uuid::new_v4()),
         webhook_url: Some("http://127.0.0.1:9/hook".into()),
-        webhook_secret: Some("whsec".into()),
+        webhook_secret: Some(Secret::new("whsec")),
         cost_per_second_micros,
         stt_provider: None,
+        stt_api_key: Some(Secret::new("dg-tenant-key")),
+        media_token: Some(Secret::new("media-tenant-token")),
+        ..NewTenant::default()
     };
     let tenant = store.insert_tenant(&new).await.unwrap();
     assert_eq!(
         store.get_tenant(tenant.id).await.unwrap().as_ref(),
         Some(&tenant)
+    );
+    assert_eq!(
+        tenant.stt_api_key.as_ref().map(Secret::expose),
+        Some("dg-tenant-key")
+    );
+    let shown = format!("{tenant:?} {}", serde_json::to_string(&tenant).unwrap());
+    assert!(
+        !shown.contains("dg-tenant-key")
+            && !shown.contains("whsec")
+            && !shown.contains("media-tenant-token"),
+        "secrets never printed: {shown}"
     );
     tenant
 }
@@ -100,6 +115,8 @@ fn completion(ended_at: chrono::DateTime<Utc>) -> CallCompletion {
         ended_at,
         end_reason: "caller_hangup".into(),
         pending_partial: None,
+        dtmf: None,
+        recording_url: None,
     }
 }
 
@@ -127,10 +144,13 @@ async fn nodes_starting_together_migrate_once(backend: Backend) {
         );
     }
     applied.sort();
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
     assert_eq!(
         applied,
-        vec![0, 0, 0, 1],
-        "exactly one node applied the migration"
+        vec![0, 0, 0, migrations],
+        "exactly one node applied the migrations"
     );
     db.store.ping().await.unwrap();
     assert_eq!(db.store.migrate().await.unwrap().len(), 0);
@@ -390,6 +410,7 @@ async fn completion_writes_everything_in_one_go_and_only_once(backend: Backend) 
             is_final: false,
             ..turn(3, "in boston tomor")
         }),
+        dtmf: Some("12#".into()),
         ..completion(ended)
     };
 
@@ -413,6 +434,11 @@ async fn completion_writes_everything_in_one_go_and_only_once(backend: Backend) 
         "cost is exact integer micro-units"
     );
     assert_eq!(row.end_reason.as_deref(), Some("caller_hangup"));
+    assert_eq!(row.dtmf.as_deref(), Some("12#"));
+    assert_eq!(
+        row.media_metadata,
+        Some(serde_json::json!({"stream_sid": "MZ1", "n": 2}))
+    );
     assert_eq!(
         row.transcript_text.as_deref(),
         Some("contact: hello\ncontact: i need a plumber\ncontact: in boston tomor")

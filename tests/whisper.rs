@@ -5,29 +5,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use callengine::audio::wav;
 use callengine::stt::whisper::engine::WhisperEngine;
-use callengine::stt::whisper::fetch::{ensure_model, FetchSource};
 use common::voice::{
     assert_durable, call_query, silence, speech_pcm_at, Expect, TestApp, VoiceClient,
 };
 use common::Backend;
 
-fn model_dir() -> PathBuf {
-    let cache = std::env::var_os("TEST_WHISPER_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/callengine/models")
-        });
-    let pinned = FetchSource {
-        hf_base: None,
-        ..FetchSource::default()
-    };
-    ensure_model(&cache, &pinned, &mut |_, _| {}).expect("the pinned model downloads")
+fn model_dir() -> std::path::PathBuf {
+    common::whisper_model_dir()
 }
 
 /// espeak-ng at 120 words per minute, as a WAV file.
@@ -134,10 +122,11 @@ fn transcribes_clean_speech_with_tiny_en_accuracy() {
     }
     let wer = errors as f64 / words as f64;
     eprintln!("WER {:.1}% ({errors}/{words})", wer * 100.0);
-    // tiny.en misreads two of these espeak phrases exactly as the CTranslate2 reference does
-    // ("book a plumber" -> "welcome Lumber", "at nine in" -> "and I did"); see
-    // docs/benchmarks.md. The bound catches regressions in our front end and decoder.
-    assert!(wer <= 0.15, "word error rate {:.1}%", wer * 100.0);
+    // Beam search of 5, as faster-whisper does by default: 6/70 here, the same count as the
+    // CTranslate2 reference on the same model ("at nine in" -> "and I did", "jumps" -> "jump",
+    // "water leak" -> "wager league" are tiny.en's own misreadings of espeak); greedy decoding
+    // scores 9/70 (see docs/benchmarks.md).
+    assert!(wer < 0.10, "word error rate {:.1}%", wer * 100.0);
 }
 
 #[test]
@@ -240,5 +229,72 @@ async fn live_calls_get_one_turn_per_utterance_and_silence_gets_none() {
         Expect::completed("caller_hangup", 0, 1000),
     )
     .await;
+
+    // The engine's load is visible to Prometheus: three final decodes, nothing waiting.
+    let (status, metrics) = common::http_get(app.port, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "callengine_whisper_workers 1",
+        "callengine_whisper_queue_length 0",
+        "callengine_whisper_busy_workers 0",
+        "callengine_whisper_decode_seconds_count{kind=\"final\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     app.stop().await;
+}
+
+#[test]
+fn a_huggingface_layout_model_transcribes_like_the_ctranslate2_one() {
+    use callengine::stt::whisper::ct2;
+    use callengine::stt::whisper::fetch::{detect_layout, ModelLayout};
+    use candle_core::{Device, Tensor};
+
+    // Re-save the pinned CTranslate2 model the way HuggingFace ships Whisper: HF parameter
+    // names in model.safetensors, config.json with HF's keys, tokenizer.json.
+    let source = model_dir();
+    let model = ct2::parse(&std::fs::read(source.join("model.bin")).unwrap()).unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    for (name, raw) in ct2::to_hf_names(&model).unwrap() {
+        let values = raw.to_f32().unwrap();
+        let tensor = Tensor::from_vec(values, raw.shape.as_slice(), &Device::Cpu).unwrap();
+        tensors.insert(name, tensor);
+    }
+    let hf = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&tensors, hf.path().join("model.safetensors")).unwrap();
+    let ct2_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(source.join("config.json")).unwrap()).unwrap();
+    let config = serde_json::json!({
+        "model_type": "whisper",
+        "encoder_attention_heads": 6,
+        "decoder_attention_heads": 6,
+        "suppress_tokens": ct2_config["suppress_ids"],
+    });
+    std::fs::write(hf.path().join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        source.join("tokenizer.json"),
+        hf.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    assert_eq!(detect_layout(hf.path()), Some(ModelLayout::HuggingFace));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.wav");
+    speak("Could you send the invoice to my email address?", &path);
+    let audio = wav::parse(&std::fs::read(&path).unwrap())
+        .unwrap()
+        .to_mono_16k();
+    let from_hf = WhisperEngine::load(hf.path())
+        .unwrap()
+        .decode(&audio, 1)
+        .unwrap();
+    let from_ct2 = WhisperEngine::load(&source)
+        .unwrap()
+        .decode(&audio, 1)
+        .unwrap();
+    assert_eq!(from_hf, from_ct2);
+    assert_eq!(
+        normalise(&from_hf.text),
+        normalise("Could you send the invoice to my email address?")
+    );
 }

@@ -1,5 +1,6 @@
 //! Audio primitives. Pure: no I/O, no clocks.
 
+pub mod g711;
 pub mod pcm;
 pub mod resample;
 pub mod wav;

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{Message as WsMessage, MessageStream, ProtocolError};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
@@ -22,10 +20,12 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::end::EndReason;
-use super::outbound::{spawn_writer, Outbound};
-use super::registry::{Register, Unregister};
+use super::limits::CallPermit;
+use super::outbound::Outbound;
+use super::registry::{ClaimExternal, Register, ReleaseExternal, Unregister};
 use super::CallDeps;
-use crate::audio::pcm::{validate_frame, PcmFormat};
+use crate::media::{MediaEvent, MediaInput};
+use crate::persist::PersistTurn;
 use crate::persist::{
     FinishCall, PersistBacklog, Persister, StartCall, StartedCall, TurnsCommitted,
 };
@@ -46,8 +46,11 @@ pub struct CallParams {
     pub phone_number: Option<String>,
     pub external_id: Option<String>,
     pub protocol: Protocol,
-    /// Role of the audio's speaker (`contact` for the person called or calling in).
-    pub speaker: String,
+    /// Role of each audio channel's speaker (`contact` for the person called or calling in;
+    /// `caller` and `callee` for the two sides of a stereo stream). One STT stream each.
+    pub speakers: Vec<String>,
+    /// What the transport said about the call, stored on the row.
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// End the call (any reason). Idempotent.
@@ -81,6 +84,10 @@ pub struct CallSnapshot {
     pub last_persist_at: Option<DateTime<Utc>>,
     pub persist_lag_ms: u64,
     pub unsent_turns: usize,
+    pub frames_missing: u64,
+    pub dtmf: String,
+    /// True once audio ran far ahead of real time.
+    pub audio_too_fast: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,46 +112,97 @@ struct Counters {
     stt_state: Option<SttState>,
     stt_restarts: u32,
     stt_dropped: u64,
+    frames_missing: u64,
+    audio_ms: u64,
+    audio_too_fast: bool,
 }
+
+/// Audio this far ahead of the wall clock is flagged (logged once, shown in the snapshot).
+const TOO_FAST_AHEAD_MS: u64 = 5_000;
 
 /// One live call.
 pub struct CallActor {
     deps: Arc<CallDeps>,
     params: CallParams,
-    stream: Option<MessageStream>,
+    input: Option<MediaInput>,
     out: mpsc::Sender<Outbound>,
+    /// Held while the call lives: counts towards the node's and the tenant's limits.
+    _permit: Option<CallPermit>,
+    /// The engine's own recording, when the tenant asks for one.
+    recorder: Option<super::recorder::Recorder>,
+    /// This call's frame counters in `/metrics` (handles resolved once, not per frame).
+    frames_ok: prometheus_client::metrics::counter::Counter,
+    frames_bad: prometheus_client::metrics::counter::Counter,
+    frames_lost: prometheus_client::metrics::counter::Counter,
+    /// Counted in `calls_active` (undone exactly once at the end).
+    active_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// One span per call (`call_id`, `tenant_id`, `protocol`), entered by every handler, so
+    /// each log line of the call carries them (JSON logs: under `span`).
+    span: tracing::Span,
+    dtmf: String,
     phase: Phase,
     call_id: Option<Uuid>,
     created: Instant,
     last_audio: Instant,
     persister: Option<Addr<Persister>>,
-    transcript: Option<Addr<TranscriptBuffer>>,
-    stt: Option<Addr<SttActor>>,
+    /// One transcript buffer and one STT stream per audio channel.
+    transcripts: Vec<Addr<TranscriptBuffer>>,
+    stt: Vec<Addr<SttActor>>,
     provider: Option<Arc<dyn crate::stt::SttProvider>>,
     counters: Counters,
 }
 
 impl CallActor {
-    /// A call actor for an accepted WebSocket session.
+    /// A call actor for an accepted media session: `input` is the transport's events, `out`
+    /// its writer.
     pub fn new(
         deps: Arc<CallDeps>,
         params: CallParams,
-        session: actix_ws::Session,
-        stream: MessageStream,
+        input: MediaInput,
+        out: mpsc::Sender<Outbound>,
+        permit: Option<CallPermit>,
     ) -> Self {
         let now = crate::clock::now();
+        let frame_counter = |result: &str| {
+            deps.metrics
+                .frames
+                .get_or_create(&crate::ops::metrics::FrameLabels {
+                    protocol: params.protocol.to_string(),
+                    result: result.into(),
+                })
+                .clone()
+        };
+        let (frames_ok, frames_bad, frames_lost) = (
+            frame_counter("ok"),
+            frame_counter("invalid"),
+            frame_counter("dropped"),
+        );
+        let span = tracing::info_span!(
+            "call",
+            call_id = tracing::field::Empty,
+            tenant_id = %params.tenant_id,
+            protocol = %params.protocol,
+        );
         Self {
+            frames_ok,
+            frames_bad,
+            frames_lost,
+            active_gauge: None,
+            span,
             deps,
             params,
-            stream: Some(stream),
-            out: spawn_writer(session),
+            input: Some(input),
+            out,
+            _permit: permit,
+            recorder: None,
+            dtmf: String::new(),
             phase: Phase::Starting,
             call_id: None,
             created: now,
             last_audio: now,
             persister: None,
-            transcript: None,
-            stt: None,
+            transcripts: Vec::new(),
+            stt: Vec::new(),
             provider: None,
             counters: Counters::default(),
         }
@@ -180,13 +238,17 @@ impl CallActor {
             protocol: p.protocol,
             direction: Direction::Inbound,
             started_at: Utc::now(),
+            media_metadata: p.metadata.clone(),
         }
     }
 
     fn go_live(&mut self, started: StartedCall, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         let (call, outcome) = (started.call, started.outcome);
         let call_id = call.id;
         self.call_id = Some(call_id);
+        self.span
+            .record("call_id", tracing::field::display(call_id));
         self.phase = Phase::Live;
         self.last_audio = crate::clock::now();
         let me = ctx.address();
@@ -211,31 +273,56 @@ impl CallActor {
             }
         };
         self.provider = Some(provider.clone());
-        let transcript = TranscriptBuffer::new(
-            &self.params.speaker,
-            provider
-                .promotes_stale_partials()
-                .then_some(self.deps.partial_promote),
-            persister.recipient(),
-            me.clone().recipient(),
-        )
-        .start();
-        let (provider, policy, links_tb) =
-            (provider, self.deps.stt_policy.clone(), transcript.clone());
-        let (status, gave_up) = (me.clone().recipient(), me.recipient());
-        self.stt = Some(actix::Supervisor::start(move |_| {
-            SttActor::new(
-                call_id,
-                provider,
-                policy,
-                SttLinks {
-                    transcript: links_tb,
-                    status,
-                    gave_up,
-                },
+        if started.record_calls {
+            let path = self.deps.recordings_dir.join(format!("{call_id}.wav"));
+            self.recorder = Some(super::recorder::Recorder::start(path));
+        }
+        let mut policy = self.deps.stt_policy.clone();
+        policy.api_key = started.stt_api_key;
+        for speaker in self.params.speakers.clone() {
+            let transcript = TranscriptBuffer::new(
+                &speaker,
+                provider
+                    .promotes_stale_partials()
+                    .then_some(self.deps.partial_promote),
+                persister.clone().recipient(),
+                me.clone().recipient(),
             )
-        }));
-        self.transcript = Some(transcript);
+            .start();
+            let (provider, policy, links_tb) =
+                (provider.clone(), policy.clone(), transcript.clone());
+            let (status, gave_up) = (me.clone().recipient(), me.clone().recipient());
+            self.stt.push(actix::Supervisor::start(move |_| {
+                SttActor::new(
+                    call_id,
+                    provider,
+                    policy,
+                    SttLinks {
+                        transcript: links_tb,
+                        status,
+                        gave_up,
+                    },
+                )
+            }));
+            self.transcripts.push(transcript);
+        }
+        let metrics = &self.deps.metrics;
+        let protocol = self.params.protocol.to_string();
+        metrics
+            .started
+            .get_or_create(&crate::ops::metrics::ProtocolLabels {
+                protocol: protocol.clone(),
+            })
+            .inc();
+        let active = metrics
+            .active
+            .get_or_create(&crate::ops::metrics::ActiveLabels {
+                protocol,
+                tenant: self.params.tenant_id.to_string(),
+            })
+            .clone();
+        active.inc();
+        self.active_gauge = Some(active);
         tracing::info!(%call_id, tenant_id = %self.params.tenant_id, protocol = %self.params.protocol,
             linked = outcome == LinkOutcome::Linked, "call started");
         self.send_event(json!({
@@ -252,6 +339,57 @@ impl CallActor {
         });
     }
 
+    /// Starts the persister and creates or links the call row; media waits meanwhile.
+    fn start_call(&mut self, ctx: &mut Context<Self>) {
+        let (store, registry, me) = (
+            self.deps.store.clone(),
+            self.deps.registry.clone(),
+            ctx.address(),
+        );
+        let max_unsent = self.deps.max_unsent_turns;
+        let persister = Persister::start_in_arbiter(&self.deps.persist_arbiter, move |_| {
+            Persister::new(
+                store,
+                registry,
+                (me.clone().recipient(), me.recipient()),
+                max_unsent,
+            )
+        });
+        self.persister = Some(persister.clone());
+        let start = StartCall {
+            new_call: self.new_call(),
+            patience: self.deps.start_timeout,
+        };
+        // Media waits (in the socket's buffers) until the call row exists.
+        ctx.wait(
+            persister
+                .send(start)
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(Ok(started)) => act.go_live(started, ctx),
+                    Ok(Err(err)) => act.fail_start(err, ctx),
+                    Err(err) => act.fail_start(
+                        StoreError::InvalidInput(format!("persister unavailable: {err}")),
+                        ctx,
+                    ),
+                }),
+        );
+    }
+
+    /// A live actor already carries this transport call: refuse without touching its row.
+    fn refuse_twin(&mut self, ctx: &mut Context<Self>) {
+        let message = format!(
+            "{} call {} is already live on another stream",
+            self.params.protocol,
+            self.params.external_id.as_deref().unwrap_or_default()
+        );
+        tracing::warn!(%message, "twin stream refused");
+        self.send_event(json!({ "type": "error", "message": message }));
+        self.send_close(1008, message);
+        self.phase = Phase::Done;
+        ctx.stop();
+    }
+
     fn fail_start(&mut self, err: StoreError, ctx: &mut Context<Self>) {
         let (code, message) = match &err {
             StoreError::CallNotActive { .. }
@@ -260,53 +398,93 @@ impl CallActor {
             _ => (1011, format!("could not start the call: {err}")),
         };
         tracing::warn!(error = %err, code, "call refused at start");
+        if let Some(external_id) = self.params.external_id.clone() {
+            self.deps
+                .registry
+                .do_send(ReleaseExternal(self.params.protocol, external_id));
+        }
         self.send_event(json!({ "type": "error", "message": message }));
         self.send_close(code, message);
         self.phase = Phase::Done;
         ctx.stop();
     }
 
-    fn on_binary(&mut self, data: Bytes) {
+    fn on_audio(&mut self, channel: usize, pcm: bytes::Bytes) {
         if self.phase != Phase::Live {
             return;
         }
         self.counters.frames_in += 1;
-        match validate_frame(PcmFormat::WIDEBAND, &data) {
-            Err(reason) => {
-                self.counters.frames_invalid += 1;
-                if self.counters.frames_invalid <= INVALID_LOG_LIMIT {
-                    tracing::warn!(call_id = ?self.call_id, %reason, "invalid audio frame skipped");
-                }
+        let millis = (pcm.len() / 32) as u32;
+        let now = crate::clock::now();
+        self.last_audio = now;
+        self.counters.audio_ms += u64::from(millis);
+        if !self.counters.audio_too_fast && channel == 0 {
+            let wall = now.duration_since(self.created).as_millis() as u64;
+            if self.counters.audio_ms > wall + TOO_FAST_AHEAD_MS {
+                self.counters.audio_too_fast = true;
+                tracing::warn!(call_id = ?self.call_id, audio_ms = self.counters.audio_ms, wall_ms = wall,
+                    "audio is arriving far faster than real time");
             }
-            Ok(millis) => {
-                self.last_audio = crate::clock::now();
-                let delivered = self
-                    .stt
-                    .as_ref()
-                    .is_some_and(|stt| stt.try_send(SttAudio { pcm: data, millis }).is_ok());
-                if !delivered {
-                    self.counters.frames_dropped += 1;
-                }
+        }
+        if channel == 0 {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.push(pcm.clone());
             }
+        }
+        let delivered = self
+            .stt
+            .get(channel)
+            .is_some_and(|stt| stt.try_send(SttAudio { pcm, millis }).is_ok());
+        if delivered {
+            self.frames_ok.inc();
+        } else {
+            self.counters.frames_dropped += 1;
+            self.frames_lost.inc();
         }
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let kind = serde_json::from_str::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| {
-                v.get("type")
-                    .or_else(|| v.get("event"))
-                    .and_then(|t| t.as_str())
-                    .map(String::from)
-            });
-        match kind.as_deref() {
-            Some("stop") => ctx.notify(Finish(EndReason::ClientStop)),
-            _ => {
+    fn on_media(&mut self, event: MediaEvent, ctx: &mut Context<Self>) {
+        match event {
+            MediaEvent::Audio { channel, pcm } => self.on_audio(channel, pcm),
+            MediaEvent::Invalid(reason) => {
+                self.counters.frames_in += 1;
+                self.counters.frames_invalid += 1;
+                self.frames_bad.inc();
+                if self.counters.frames_invalid <= INVALID_LOG_LIMIT {
+                    tracing::warn!(call_id = ?self.call_id, %reason, "invalid audio skipped");
+                }
+            }
+            MediaEvent::Gap(missing) => self.counters.frames_missing += missing,
+            MediaEvent::Ignored(what) => {
                 self.counters.text_ignored += 1;
                 if self.counters.text_ignored <= INVALID_LOG_LIMIT {
-                    tracing::warn!(call_id = ?self.call_id, len = text.len(), "unknown text message ignored");
+                    tracing::warn!(call_id = ?self.call_id, %what, "message ignored");
                 }
+            }
+            MediaEvent::Dtmf(digit) => {
+                if self.dtmf.len() < 256 {
+                    self.dtmf.push_str(&digit);
+                }
+                tracing::info!(call_id = ?self.call_id, %digit, "DTMF");
+            }
+            MediaEvent::Ping(payload) => {
+                let _ = self.out.try_send(Outbound::Pong(payload));
+            }
+            MediaEvent::Stop => self.begin_finish(EndReason::ClientStop, ctx),
+            MediaEvent::Closed => self.begin_finish(EndReason::ClientClosed, ctx),
+            MediaEvent::Lost(detail) => {
+                tracing::info!(call_id = ?self.call_id, %detail, "connection lost");
+                self.begin_finish(EndReason::ConnectionLost, ctx)
+            }
+            MediaEvent::ProtocolError { too_big, detail } => {
+                tracing::warn!(call_id = ?self.call_id, %detail, "media protocol error");
+                self.begin_finish(
+                    EndReason::ProtocolError {
+                        message_too_big: too_big,
+                        detail,
+                    },
+                    ctx,
+                );
             }
         }
     }
@@ -317,27 +495,49 @@ impl CallActor {
         }
         self.phase = Phase::Finishing;
         let ended_at = Utc::now();
-        let (stt, transcript, persister) = (
+        let (stt, transcripts, persister) = (
             self.stt.clone(),
-            self.transcript.clone(),
+            self.transcripts.clone(),
             self.persister.clone(),
         );
         let finish_timeout = self.deps.finish_timeout;
         let (status, end_reason) = (reason.status(), reason.code_name().to_string());
+        let dtmf = Some(self.dtmf.clone()).filter(|d| !d.is_empty());
+        let recording = self.recorder.as_mut().map(|r| r.finish());
         let sequence = async move {
-            if let Some(stt) = stt {
-                let _ = stt.send(SttFinish).await;
+            // Every channel's stream finalizes at once (each bounded by its own timeout).
+            futures_util::future::join_all(stt.iter().map(|s| s.send(SttFinish))).await;
+            let mut partials = Vec::new();
+            for tb in transcripts {
+                partials.push(tb.send(FlushTranscript).await.ok().flatten());
             }
-            let pending_partial = match transcript {
-                Some(tb) => tb.send(FlushTranscript).await.ok().flatten(),
+            let persister = persister.ok_or_else(|| "no persister".to_string())?;
+            let mut partials = partials.into_iter();
+            let pending_partial = partials.next().flatten();
+            // Other channels' partials go ahead of the completion, in the same mailbox.
+            for turn in partials.flatten() {
+                persister.do_send(PersistTurn {
+                    turn,
+                    assembled_at: crate::clock::now(),
+                });
+            }
+            let recording_url = match recording {
+                Some(done) => match done.await {
+                    Ok(path) => Some(format!("file://{}", path.display())),
+                    Err(error) => {
+                        tracing::error!(%error, "the call's recording could not be finished");
+                        None
+                    }
+                },
                 None => None,
             };
-            let persister = persister.ok_or_else(|| "no persister".to_string())?;
             let finish = FinishCall {
                 status,
                 end_reason,
                 ended_at,
                 pending_partial,
+                dtmf,
+                recording_url,
             };
             match tokio::time::timeout(finish_timeout, persister.send(finish)).await {
                 Ok(Ok(result)) => result,
@@ -361,9 +561,43 @@ impl CallActor {
         result: Result<CompletionOutcome, String>,
         ctx: &mut Context<Self>,
     ) {
+        let _span = self.span.clone().entered();
+        let metrics = &self.deps.metrics;
+        let protocol = self.params.protocol.to_string();
+        if let Some(active) = self.active_gauge.take() {
+            active.dec();
+        }
+        metrics
+            .ended
+            .get_or_create(&crate::ops::metrics::EndLabels {
+                protocol: protocol.clone(),
+                reason: reason.code_name().into(),
+            })
+            .inc();
+        if let EndReason::SttFailed(_) = &reason {
+            let provider = self.provider.as_ref().map_or("none", |p| p.name());
+            metrics
+                .stt_failures
+                .get_or_create(&crate::ops::metrics::ProviderLabels {
+                    provider: provider.into(),
+                })
+                .inc();
+        }
+        metrics
+            .unsent_turns
+            .dec_by(self.counters.unsent_turns as i64);
+        self.counters.unsent_turns = 0;
         match &result {
             Ok(outcome) => {
                 let call = outcome.call();
+                if let Some(seconds) = call.duration_seconds {
+                    metrics
+                        .duration_seconds
+                        .get_or_create(&crate::ops::metrics::ProtocolLabels {
+                            protocol: protocol.clone(),
+                        })
+                        .observe(seconds as f64);
+                }
                 tracing::info!(call_id = %call.id, status = %call.status, end_reason = reason.code_name(),
                     duration_seconds = ?call.duration_seconds, turns = self.counters.turns,
                     frames_invalid = self.counters.frames_invalid, frames_dropped = self.counters.frames_dropped, "call finished");
@@ -407,6 +641,9 @@ impl CallActor {
             last_persist_at: c.last_persist_at,
             persist_lag_ms: c.persist_lag.as_millis() as u64,
             unsent_turns: c.unsent_turns,
+            frames_missing: c.frames_missing,
+            dtmf: self.dtmf.clone(),
+            audio_too_fast: c.audio_too_fast,
         }
     }
 }
@@ -415,45 +652,30 @@ impl Actor for CallActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(stream) = self.stream.take() {
-            ctx.add_stream(stream);
+        let _span = self.span.clone().entered();
+        if let Some(input) = self.input.take() {
+            ctx.add_stream(input);
         }
-        let (store, registry, me) = (
-            self.deps.store.clone(),
-            self.deps.registry.clone(),
-            ctx.address(),
-        );
-        let max_unsent = self.deps.max_unsent_turns;
-        let persister = Persister::start_in_arbiter(&self.deps.persist_arbiter, move |_| {
-            Persister::new(
-                store,
-                registry,
-                (me.clone().recipient(), me.recipient()),
-                max_unsent,
-            )
-        });
-        self.persister = Some(persister.clone());
-        let start = StartCall {
-            new_call: self.new_call(),
-            patience: self.deps.start_timeout,
-        };
-        // Media waits (in the socket's buffers) until the call row exists.
-        ctx.wait(
-            persister
-                .send(start)
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(Ok(started)) => act.go_live(started, ctx),
-                    Ok(Err(err)) => act.fail_start(err, ctx),
-                    Err(err) => act.fail_start(
-                        StoreError::InvalidInput(format!("persister unavailable: {err}")),
-                        ctx,
-                    ),
-                }),
-        );
+        // One actor per transport call: a second stream for a live call id is refused before
+        // it touches the row (media waits meanwhile).
+        match self.params.external_id.clone() {
+            None => self.start_call(ctx),
+            Some(external_id) => {
+                let claim = ClaimExternal(self.params.protocol, external_id);
+                ctx.wait(self.deps.registry.send(claim).into_actor(self).map(
+                    |claimed, act, ctx| match claimed {
+                        Ok(true) => act.start_call(ctx),
+                        _ => act.refuse_twin(ctx),
+                    },
+                ));
+            }
+        }
     }
-
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        let _span = self.span.clone().entered();
+        if let Some(active) = self.active_gauge.take() {
+            active.dec();
+        }
         if matches!(self.phase, Phase::Live | Phase::Finishing) {
             // Backstop: stopped without completing the finish sequence. Hand the end to the
             // persister synchronously; it finishes the call on its own arbiter.
@@ -464,6 +686,8 @@ impl Actor for CallActor {
                     end_reason: "call_actor_stopped".into(),
                     ended_at: Utc::now(),
                     pending_partial: None,
+                    dtmf: Some(self.dtmf.clone()).filter(|d| !d.is_empty()),
+                    recording_url: None,
                 });
             }
             self.send_close(1011, "internal error".into());
@@ -476,38 +700,14 @@ impl Actor for CallActor {
     }
 }
 
-impl StreamHandler<Result<WsMessage, ProtocolError>> for CallActor {
-    fn handle(&mut self, item: Result<WsMessage, ProtocolError>, ctx: &mut Self::Context) {
-        match item {
-            Ok(WsMessage::Binary(data)) => self.on_binary(data),
-            Ok(WsMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(WsMessage::Ping(payload)) => {
-                let _ = self.out.try_send(Outbound::Pong(payload));
-            }
-            Ok(WsMessage::Close(_)) => self.begin_finish(EndReason::ClientClosed, ctx),
-            Ok(WsMessage::Pong(_) | WsMessage::Nop) => {}
-            Ok(WsMessage::Continuation(_)) => self.counters.text_ignored += 1,
-            // A reset connection surfaces as an I/O error: the caller is gone, not misbehaving.
-            Err(ProtocolError::Io(err)) => {
-                tracing::info!(call_id = ?self.call_id, error = %err, "connection lost");
-                self.begin_finish(EndReason::ConnectionLost, ctx)
-            }
-            Err(err) => {
-                tracing::warn!(call_id = ?self.call_id, error = %err, "WebSocket protocol error");
-                let message_too_big = matches!(err, ProtocolError::Overflow);
-                self.begin_finish(
-                    EndReason::ProtocolError {
-                        message_too_big,
-                        detail: err.to_string(),
-                    },
-                    ctx,
-                );
-            }
-        }
+impl StreamHandler<MediaEvent> for CallActor {
+    fn handle(&mut self, event: MediaEvent, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        self.on_media(event, ctx);
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        // The socket ended without a Close frame (TCP reset, network loss).
+        // The transport ended without saying so (TCP reset, network loss).
         self.begin_finish(EndReason::ConnectionLost, ctx);
     }
 }
@@ -516,6 +716,7 @@ impl Handler<Finish> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: Finish, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         self.begin_finish(msg.0, ctx);
     }
 }
@@ -524,6 +725,7 @@ impl Handler<PartialUpdate> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: PartialUpdate, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         self.send_event(json!({ "type": "partial", "seq": msg.seq, "text": msg.text }));
     }
 }
@@ -532,13 +734,27 @@ impl Handler<TurnsCommitted> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: TurnsCommitted, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         self.counters.turns += msg.turns.len() as u64;
         self.counters.last_persist_at = Some(Utc::now());
         self.counters.persist_lag = msg.lag;
+        let metrics = &self.deps.metrics;
+        metrics.turns_persisted.inc_by(msg.turns.len() as u64);
+        metrics.persist_lag_seconds.observe(msg.lag.as_secs_f64());
+        metrics
+            .unsent_turns
+            .inc_by(msg.unsent as i64 - self.counters.unsent_turns as i64);
         self.counters.unsent_turns = msg.unsent;
-        for (seq, text) in msg.turns {
+        for turn in msg.turns {
             // Sent only after the commit: a client's `final` means the turn is durable.
-            self.send_event(json!({ "type": "final", "seq": seq, "text": text }));
+            self.send_event(json!({
+                "type": "final",
+                "seq": turn.seq,
+                "text": turn.text,
+                "speaker": turn.speaker,
+                "start_ms": turn.start_ms,
+                "end_ms": turn.end_ms,
+            }));
         }
     }
 }
@@ -547,6 +763,11 @@ impl Handler<PersistBacklog> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: PersistBacklog, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        self.deps
+            .metrics
+            .unsent_turns
+            .inc_by(msg.unsent as i64 - self.counters.unsent_turns as i64);
         self.counters.unsent_turns = msg.unsent;
     }
 }
@@ -555,7 +776,18 @@ impl Handler<SttStatus> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: SttStatus, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         self.counters.stt_state = Some(msg.state);
+        if msg.restarts > self.counters.stt_restarts {
+            let provider = self.provider.as_ref().map_or("none", |p| p.name());
+            self.deps
+                .metrics
+                .stt_restarts
+                .get_or_create(&crate::ops::metrics::ProviderLabels {
+                    provider: provider.into(),
+                })
+                .inc_by(u64::from(msg.restarts - self.counters.stt_restarts));
+        }
         self.counters.stt_restarts = msg.restarts;
         self.counters.stt_dropped = msg.dropped_frames;
     }
@@ -565,6 +797,7 @@ impl Handler<SttGaveUp> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: SttGaveUp, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         self.begin_finish(EndReason::SttFailed(msg.reason), ctx);
     }
 }

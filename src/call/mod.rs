@@ -3,7 +3,9 @@
 
 pub mod actor;
 pub mod end;
+pub mod limits;
 pub mod outbound;
+pub mod recorder;
 pub mod registry;
 
 use std::sync::Arc;
@@ -59,6 +61,10 @@ pub struct CallDeps {
     pub finish_timeout: Duration,
     pub start_timeout: Duration,
     pub max_unsent_turns: usize,
+    /// Where the engine's own call recordings go.
+    pub recordings_dir: std::path::PathBuf,
+    /// The call path's metrics.
+    pub metrics: crate::ops::metrics::CallMetrics,
 }
 
 impl CallDeps {
@@ -84,6 +90,7 @@ impl CallDeps {
                 audio_queue_frames: s.audio_queue_frames,
                 finalize_timeout: Duration::from_millis(s.finalize_timeout_ms),
                 sample_rate: 16_000,
+                api_key: None,
             },
             registry,
             persist_arbiter,
@@ -92,6 +99,8 @@ impl CallDeps {
             finish_timeout: Duration::from_secs(c.finish_timeout_secs),
             start_timeout: Duration::from_secs(c.start_timeout_secs),
             max_unsent_turns: c.max_unsent_turns,
+            recordings_dir: settings.data_dir.join("recordings"),
+            metrics: crate::ops::metrics::CallMetrics::default(),
         }
     }
 }

@@ -19,12 +19,15 @@ pub enum Outbound {
 /// Events queued towards one client before further ones are dropped (and counted).
 pub const OUTBOUND_QUEUE: usize = 1024;
 
-/// Spawns the writer task for `session` on the current arbiter; returns its queue.
-pub fn spawn_writer(mut session: Session) -> mpsc::Sender<Outbound> {
+/// Spawns the writer task for `session` on the current arbiter; returns its queue. With
+/// `events` false (carrier streams: Twilio, Vonage, audio_fork), the engine's JSON events are
+/// not sent — carriers do not expect them — and only pongs and the close go out.
+pub fn spawn_writer(mut session: Session, events: bool) -> mpsc::Sender<Outbound> {
     let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     actix_web::rt::spawn(async move {
         while let Some(message) = rx.recv().await {
             let sent = match message {
+                Outbound::Text(_) if !events => Ok(()),
                 Outbound::Text(text) => session.text(text).await,
                 Outbound::Pong(payload) => session.pong(&payload).await,
                 Outbound::Close(code, description) => {

@@ -74,11 +74,24 @@ struct LiveCall {
     key: Option<(Protocol, String)>,
 }
 
+/// Reserves a transport's call id for a starting actor. `false`: a live actor already carries
+/// that call (or another stream is starting it) — the newcomer must not become its twin. An
+/// entry whose actor is gone (stopped without unregistering) is taken over.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ClaimExternal(pub Protocol, pub String);
+
+/// A claim whose call never started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseExternal(pub Protocol, pub String);
+
 /// Live calls of this process.
 #[derive(Default)]
 pub struct CallRegistry {
     calls: HashMap<Uuid, LiveCall>,
     by_external: HashMap<(Protocol, String), Uuid>,
+    claimed: std::collections::HashSet<(Protocol, String)>,
     persisters: usize,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
@@ -107,6 +120,7 @@ impl Handler<Register> for CallRegistry {
         }
         let key = msg.external_id.map(|id| (msg.protocol, id));
         if let Some(key) = &key {
+            self.claimed.remove(key);
             self.by_external.insert(key.clone(), msg.call_id);
         }
         tracing::debug!(call_id = %msg.call_id, tenant_id = %msg.tenant_id, "call registered");
@@ -132,6 +146,32 @@ impl Handler<Unregister> for CallRegistry {
             }
         }
         self.check_drained();
+    }
+}
+
+impl Handler<ClaimExternal> for CallRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: ClaimExternal, _ctx: &mut Self::Context) -> bool {
+        let key = (msg.0, msg.1);
+        if self.claimed.contains(&key) {
+            return false;
+        }
+        if let Some(call_id) = self.by_external.get(&key) {
+            if self.calls.get(call_id).is_some_and(|c| c.addr.connected()) {
+                return false;
+            }
+        }
+        self.claimed.insert(key);
+        true
+    }
+}
+
+impl Handler<ReleaseExternal> for CallRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseExternal, _ctx: &mut Self::Context) {
+        self.claimed.remove(&(msg.0, msg.1));
     }
 }
 

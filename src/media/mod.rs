@@ -1,4 +1,164 @@
-//! Media transports. Each parses its wire format into what the call actor needs; the generic
-//! PCM WebSocket is [`voice`].
+//! Media transports. Every transport — the generic PCM WebSocket, Vonage, Twilio Media Streams,
+//! FreeSWITCH audio_fork, Asterisk AudioSocket — ends in the same stream of [`MediaEvent`]s, so
+//! the `CallActor` and everything after it are protocol-blind. The parsers (`twilio`, `vonage`,
+//! `audiofork`, `audiosocket`, `normalize`) are pure; the handlers here only do I/O.
 
+pub mod audiofork;
+pub mod audiosocket;
+pub mod auth;
+pub mod carriers;
+pub mod normalize;
+pub mod socket_server;
+pub mod twilio;
 pub mod voice;
+pub mod vonage;
+
+use actix_ws::{Message as WsMessage, MessageStream, ProtocolError};
+use bytes::Bytes;
+use futures_util::stream::LocalBoxStream;
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// What a transport tells a call, already protocol-blind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    /// 20 ms (or a multiple) of s16le mono 16 kHz audio on `channel` (0, or 0/1 for stereo).
+    Audio { channel: usize, pcm: Bytes },
+    /// Audio that cannot be used (wrong size, bad encoding…): counted and skipped.
+    Invalid(String),
+    /// Messages lost in transit (sequence-number gap).
+    Gap(u64),
+    /// A message this engine does not use: counted.
+    Ignored(String),
+    /// A DTMF key.
+    Dtmf(String),
+    /// A WebSocket ping to answer.
+    Ping(Bytes),
+    /// The transport says the call is over (Twilio `stop`, generic `stop`, AudioSocket hangup).
+    Stop,
+    /// The peer closed the connection cleanly.
+    Closed,
+    /// The connection broke.
+    Lost(String),
+    /// The peer broke the transport's rules.
+    ProtocolError { too_big: bool, detail: String },
+}
+
+/// A call's input.
+pub type MediaInput = LocalBoxStream<'static, MediaEvent>;
+
+/// A WebSocket data message, for a protocol's translator.
+pub enum WsData {
+    Text(String),
+    Binary(Bytes),
+}
+
+/// Maps a WebSocket's messages through `translate` (text and binary) into media events; pings,
+/// closes and protocol errors are handled the same way for every protocol.
+pub fn ws_input(
+    stream: MessageStream,
+    mut translate: impl FnMut(WsData) -> Vec<MediaEvent> + 'static,
+) -> MediaInput {
+    stream
+        .map(move |item| match item {
+            Ok(WsMessage::Text(text)) => translate(WsData::Text(text.to_string())),
+            Ok(WsMessage::Binary(data)) => translate(WsData::Binary(data)),
+            Ok(WsMessage::Ping(payload)) => vec![MediaEvent::Ping(payload)],
+            Ok(WsMessage::Close(_)) => vec![MediaEvent::Closed],
+            Ok(WsMessage::Pong(_) | WsMessage::Nop) => Vec::new(),
+            Ok(WsMessage::Continuation(_)) => {
+                vec![MediaEvent::Ignored("continuation frame".into())]
+            }
+            // A reset connection surfaces as an I/O error: the caller is gone, not misbehaving.
+            Err(ProtocolError::Io(err)) => vec![MediaEvent::Lost(err.to_string())],
+            Err(err) => vec![MediaEvent::ProtocolError {
+                too_big: matches!(err, ProtocolError::Overflow),
+                detail: err.to_string(),
+            }],
+        })
+        .flat_map(futures_util::stream::iter)
+        .boxed_local()
+}
+
+/// Who a carrier call belongs to, read from the key/value pairs the carrier passes through
+/// (Vonage headers, Twilio custom parameters, audio_fork metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallIds {
+    pub tenant_id: Uuid,
+    pub campaign_id: Option<Uuid>,
+    pub lead_id: Option<Uuid>,
+    pub call_id: Option<Uuid>,
+    pub phone_number: Option<String>,
+    /// The media secret, when passed in-band.
+    pub token: Option<String>,
+}
+
+/// Reads `tenant_id`, `campaign_id`, `lead_id`, `call_id`, `phone_number` (or `from`) and
+/// `token`; `default_tenant` stands in for a missing tenant. The error names the field.
+pub fn ids_from_map(
+    map: &Map<String, Value>,
+    default_tenant: Option<Uuid>,
+) -> Result<CallIds, String> {
+    let text = |key: &str| match map.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let uuid = |key: &str| -> Result<Option<Uuid>, String> {
+        text(key)
+            .map(|v| Uuid::parse_str(&v).map_err(|_| format!("{key} must be a UUID, got {v:?}")))
+            .transpose()
+    };
+    let tenant_id = match uuid("tenant_id")? {
+        Some(id) => id,
+        None => default_tenant.ok_or("missing tenant_id (and no media.default_tenant_id)")?,
+    };
+    let phone_number = text("phone_number").or_else(|| text("from"));
+    if phone_number.as_ref().is_some_and(|p| p.len() > 64) {
+        return Err("phone_number is longer than 64 characters".into());
+    }
+    Ok(CallIds {
+        tenant_id,
+        campaign_id: uuid("campaign_id")?,
+        lead_id: uuid("lead_id")?,
+        call_id: uuid("call_id")?,
+        phone_number,
+        token: text("token"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(json: &str) -> Map<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn ids_come_from_the_carrier_pairs_or_the_default_tenant() {
+        let t = Uuid::new_v4();
+        let ids = ids_from_map(
+            &map(&format!(
+                r#"{{"tenant_id":"{t}","from":"+14155550100","token":"s"}}"#
+            )),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ids.tenant_id, t);
+        assert_eq!(ids.phone_number.as_deref(), Some("+14155550100"));
+        assert_eq!(ids.token.as_deref(), Some("s"));
+        let d = Uuid::new_v4();
+        assert_eq!(ids_from_map(&map("{}"), Some(d)).unwrap().tenant_id, d);
+        assert!(ids_from_map(&map("{}"), None)
+            .unwrap_err()
+            .contains("missing tenant_id"));
+        assert!(ids_from_map(&map(r#"{"tenant_id":"x"}"#), None)
+            .unwrap_err()
+            .contains("tenant_id must be a UUID"));
+        assert!(ids_from_map(&map(r#"{"lead_id":"7"}"#), Some(d))
+            .unwrap_err()
+            .contains("lead_id"));
+    }
+}

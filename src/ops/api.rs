@@ -1,6 +1,6 @@
-//! `/api/v1`: the operator API over live call actors. Every request needs
-//! `Authorization: Bearer <api.admin_token>`; with no token configured the API is disabled (503).
-//! (Per-tenant tokens, call registration and transcripts come with the operator-surface work.)
+//! `/api/v1`: the operator API. Every request needs `Authorization: Bearer <token>`: the admin
+//! token (`api.admin_token`) sees every tenant; a tenant's own API token sees only its calls.
+//! Missing or unknown token: 401 and no data.
 
 use std::time::Duration;
 
@@ -13,41 +13,98 @@ use crate::call::actor::{Finish, Snapshot};
 use crate::call::end::EndReason;
 use crate::call::registry::{ListCalls, Lookup};
 
-/// Checks the bearer token in constant time; `Err` is the response to send.
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
-    let Some(expected) = &state.admin_token else {
-        return Err(Box::new(HttpResponse::ServiceUnavailable().json(
-            json!({ "error": "the API is disabled: set api.admin_token" }),
-        )));
-    };
+/// Who is asking: the operator (admin token) sees everything; a tenant (its own API token)
+/// sees only its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Tenant(Uuid),
+}
+
+impl Caller {
+    /// Whether this caller may see `tenant_id`'s data.
+    pub fn sees(self, tenant_id: Uuid) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Tenant(own) => own == tenant_id,
+        }
+    }
+}
+
+fn denied(status: actix_web::http::StatusCode, message: &str) -> Box<HttpResponse> {
+    Box::new(HttpResponse::build(status).json(json!({ "error": message })))
+}
+
+/// Resolves the bearer token: the admin token (constant-time compare), else a tenant's token
+/// (looked up by its SHA-256). Missing or unknown: 401, no data.
+async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpResponse>> {
+    use actix_web::http::StatusCode;
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
         .unwrap_or_default();
-    if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-        Ok(())
-    } else {
-        Err(Box::new(
-            HttpResponse::Unauthorized().json(json!({ "error": "missing or wrong bearer token" })),
-        ))
+    if given.is_empty() {
+        return Err(denied(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
+    }
+    if let Some(admin) = &state.admin_token {
+        if constant_time_eq(given.as_bytes(), admin.expose().as_bytes()) {
+            return Ok(Caller::Admin);
+        }
+    }
+    match state.store.tenant_by_api_token(given).await {
+        Ok(Some(tenant)) => Ok(Caller::Tenant(tenant.id)),
+        Ok(None) => Err(denied(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )),
+        Err(err) => Err(denied(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot check the token now: {err}"),
+        )),
+    }
+}
+
+/// Only the operator.
+async fn admin(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
+    match caller(req, state).await? {
+        Caller::Admin => Ok(()),
+        Caller::Tenant(_) => Err(denied(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "this needs the admin token",
+        )),
     }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::media::auth::constant_time_eq(a, b)
 }
 
-/// `GET /api/v1/calls`: every live call actor on this node with its figures.
+/// Query of `GET /api/v1/calls`.
+#[derive(Debug, serde::Deserialize)]
+pub struct CallsQuery {
+    pub tenant_id: Option<Uuid>,
+    /// `starting`, `live`, `finishing`.
+    pub state: Option<String>,
+}
+
+/// `GET /api/v1/calls`: the live call actors on this node with their figures, filtered by
+/// tenant and state (a tenant's token sees only its own).
 #[get("/api/v1/calls")]
-pub async fn list_calls(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state) {
-        return *denied;
-    }
+pub async fn list_calls(
+    req: HttpRequest,
+    query: web::Query<CallsQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
     let Ok(calls) = state.registry.send(ListCalls).await else {
         return HttpResponse::InternalServerError()
             .json(json!({ "error": "registry unavailable" }));
@@ -57,10 +114,188 @@ pub async fn list_calls(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
         if let Ok(Ok(snapshot)) =
             tokio::time::timeout(Duration::from_secs(2), addr.send(Snapshot)).await
         {
-            snapshots.push(snapshot);
+            let wanted = who.sees(snapshot.tenant_id)
+                && query.tenant_id.is_none_or(|t| t == snapshot.tenant_id)
+                && query.state.as_deref().is_none_or(|s| s == snapshot.state);
+            if wanted {
+                snapshots.push(snapshot);
+            }
         }
     }
     HttpResponse::Ok().json(json!({ "calls": snapshots }))
+}
+
+/// The call if this caller may see it.
+async fn visible_call(
+    state: &AppState,
+    who: Caller,
+    raw_id: &str,
+) -> Result<crate::store::Call, HttpResponse> {
+    let Ok(call_id) = Uuid::parse_str(raw_id) else {
+        return Err(HttpResponse::BadRequest().json(json!({ "error": "call id must be a UUID" })));
+    };
+    match state.store.get_call(call_id).await {
+        Ok(Some(call)) if who.sees(call.tenant_id) => Ok(call),
+        Ok(_) => Err(HttpResponse::NotFound().json(json!({ "error": "no such call" }))),
+        Err(err) => {
+            Err(HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })))
+        }
+    }
+}
+
+/// `GET /api/v1/calls/{id}`: the database row, and the live actor's figures when it is live
+/// on this node.
+#[get("/api/v1/calls/{id}")]
+pub async fn get_call(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
+    let call = match visible_call(&state, who, &path).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    let live = match state.registry.send(Lookup(call.id)).await {
+        Ok(Some(addr)) => tokio::time::timeout(Duration::from_secs(2), addr.send(Snapshot))
+            .await
+            .ok()
+            .and_then(Result::ok),
+        _ => None,
+    };
+    HttpResponse::Ok().json(json!({ "call": call, "live": live }))
+}
+
+/// Query of the transcript endpoint.
+#[derive(Debug, serde::Deserialize)]
+pub struct TranscriptQuery {
+    /// `json` (default) or `text`.
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/calls/{id}/transcript[?format=text]`: the call's turns as JSON, or as
+/// `speaker: text` lines.
+#[get("/api/v1/calls/{id}/transcript")]
+pub async fn transcript(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<TranscriptQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
+    let call = match visible_call(&state, who, &path).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    let turns = match state.store.list_turns(call.id).await {
+        Ok(turns) => turns,
+        Err(err) => {
+            return HttpResponse::InternalServerError().json(json!({ "error": err.to_string() }))
+        }
+    };
+    let text: String = turns
+        .iter()
+        .map(|t| format!("{}: {}\n", t.speaker, t.text))
+        .collect();
+    match query.format.as_deref() {
+        Some("text") => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(text),
+        None | Some("json") => HttpResponse::Ok().json(json!({
+            "call_id": call.id, "status": call.status, "turns": turns, "text": text,
+        })),
+        Some(other) => HttpResponse::BadRequest()
+            .json(json!({ "error": format!("format must be json or text, not {other:?}") })),
+    }
+}
+
+/// Body of `POST /api/v1/calls`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterCall {
+    /// Required with the admin token; a tenant's token registers for itself.
+    pub tenant_id: Option<Uuid>,
+    pub campaign_id: Option<Uuid>,
+    pub lead_id: Option<Uuid>,
+    /// The id the call will arrive with: a conversation id (ElevenLabs), an AudioSocket UUID…
+    pub external_id: Option<String>,
+    /// Alias of `external_id` for voice platforms.
+    pub conversation_id: Option<String>,
+    pub phone_number: Option<String>,
+    /// `inbound` (default) or `outbound`.
+    pub direction: Option<String>,
+}
+
+/// `POST /api/v1/calls`: registers an expected call (201 with its id). Webhook turns with this
+/// conversation id and AudioSocket sessions with this UUID link to it; carrier streams link by
+/// passing `call_id`.
+#[post("/api/v1/calls")]
+pub async fn register_call(
+    req: HttpRequest,
+    body: web::Json<RegisterCall>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
+    let body = body.into_inner();
+    let tenant_id = match (who, body.tenant_id) {
+        (Caller::Tenant(own), None) => own,
+        (Caller::Tenant(own), Some(t)) if t == own => own,
+        (Caller::Tenant(_), Some(_)) => {
+            return HttpResponse::Forbidden()
+                .json(json!({ "error": "a tenant token registers calls for its own tenant" }))
+        }
+        (Caller::Admin, Some(t)) => t,
+        (Caller::Admin, None) => {
+            return HttpResponse::BadRequest().json(json!({ "error": "missing field tenant_id" }))
+        }
+    };
+    let external_id = body.external_id.or(body.conversation_id);
+    if external_id
+        .as_ref()
+        .is_some_and(|e| e.is_empty() || e.len() > 256)
+    {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": "external_id must be 1 to 256 characters" }));
+    }
+    let direction =
+        match body.direction.as_deref() {
+            None | Some("inbound") => crate::store::Direction::Inbound,
+            Some("outbound") => crate::store::Direction::Outbound,
+            Some(other) => return HttpResponse::BadRequest().json(
+                json!({ "error": format!("direction must be inbound or outbound, not {other:?}") }),
+            ),
+        };
+    let new = crate::store::NewCall {
+        id: None,
+        tenant_id,
+        campaign_id: body.campaign_id,
+        lead_id: body.lead_id,
+        phone_number: body.phone_number,
+        external_id,
+        protocol: crate::store::Protocol::Api,
+        direction,
+        started_at: chrono::Utc::now(),
+        media_metadata: None,
+    };
+    match state.store.create_or_link_call(&new).await {
+        Ok((call, _)) => HttpResponse::Created().json(json!({ "call": call })),
+        Err(crate::store::StoreError::InvalidInput(message)) => {
+            HttpResponse::BadRequest().json(json!({ "error": message }))
+        }
+        Err(err @ crate::store::StoreError::ExternalIdInUse { .. }) => {
+            HttpResponse::Conflict().json(json!({ "error": err.to_string() }))
+        }
+        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
+    }
 }
 
 /// `POST /api/v1/calls/{id}/hangup`: ends a live call through the normal flush path (202).
@@ -70,11 +305,13 @@ pub async fn hangup(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state) {
-        return *denied;
-    }
-    let Ok(call_id) = Uuid::parse_str(&path) else {
-        return HttpResponse::BadRequest().json(json!({ "error": "call id must be a UUID" }));
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
+    let call_id = match visible_call(&state, who, &path).await {
+        Ok(call) => call.id,
+        Err(response) => return response,
     };
     match state.registry.send(Lookup(call_id)).await {
         Ok(Some(addr)) => {
@@ -86,5 +323,88 @@ pub async fn hangup(
         Err(_) => {
             HttpResponse::InternalServerError().json(json!({ "error": "registry unavailable" }))
         }
+    }
+}
+
+/// Query of `GET /api/v1/jobs`.
+#[derive(Debug, serde::Deserialize)]
+pub struct JobsQuery {
+    /// `queued`, `running`, `done` or `dead` (default `dead`).
+    pub status: Option<String>,
+}
+
+/// `GET /api/v1/jobs?status=dead`: post-call jobs in one state (dead ones carry their last
+/// error).
+#[get("/api/v1/jobs")]
+pub async fn list_jobs(
+    req: HttpRequest,
+    query: web::Query<JobsQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(denied) = admin(&req, &state).await {
+        return *denied;
+    }
+    let status = query.status.clone().unwrap_or_else(|| "dead".into());
+    if !["queued", "running", "done", "dead"].contains(&status.as_str()) {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": "status must be queued, running, done or dead" }));
+    }
+    match state.store.jobs_with_status(&status).await {
+        Ok(jobs) => HttpResponse::Ok().json(json!({ "jobs": jobs.iter().map(|j| json!({
+            "id": j.id, "kind": j.kind, "call_id": j.call_id, "status": j.status,
+            "attempts": j.attempts, "max_attempts": j.max_attempts, "run_at": j.run_at,
+            "last_error": j.last_error,
+        })).collect::<Vec<_>>() })),
+        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
+    }
+}
+
+/// `GET /api/v1/calls/{id}/deliveries`: a call's webhook deliveries.
+#[get("/api/v1/calls/{id}/deliveries")]
+pub async fn call_deliveries(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
+    let call_id = match visible_call(&state, who, &path).await {
+        Ok(call) => call.id,
+        Err(response) => return response,
+    };
+    match state.store.deliveries_for_call(call_id).await {
+        Ok(deliveries) => {
+            HttpResponse::Ok().json(json!({ "deliveries": deliveries.iter().map(|d| json!({
+            "id": d.id, "event_id": d.event_id, "event_type": d.event_type, "url": d.url,
+            "status": d.status, "attempts": d.attempts, "next_attempt_at": d.next_attempt_at,
+            "last_response_status": d.last_response_status, "last_error": d.last_error,
+            "delivered_at": d.delivered_at,
+        })).collect::<Vec<_>>() }))
+        }
+        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
+    }
+}
+
+/// `POST /api/v1/deliveries/{id}/resend`: sends an undelivered (e.g. dead) webhook again now,
+/// with a fresh retry schedule (202), or 409 when it was delivered.
+#[post("/api/v1/deliveries/{id}/resend")]
+pub async fn resend_delivery(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(denied) = admin(&req, &state).await {
+        return *denied;
+    }
+    let Ok(id) = Uuid::parse_str(&path) else {
+        return HttpResponse::BadRequest().json(json!({ "error": "delivery id must be a UUID" }));
+    };
+    match state.store.resend_delivery(id).await {
+        Ok(true) => HttpResponse::Accepted().json(json!({ "id": id, "status": "pending" })),
+        Ok(false) => HttpResponse::Conflict()
+            .json(json!({ "error": "no undelivered delivery with this id" })),
+        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
     }
 }

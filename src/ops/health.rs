@@ -42,3 +42,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 fn unavailable(status: &str, reason: &str) -> HttpResponse {
     HttpResponse::ServiceUnavailable().json(json!({ "status": status, "reason": reason }))
 }
+
+/// `GET /ops`: the live-calls dashboard, one self-contained page (no build step, no CDN). The
+/// page holds no data; it reads the API with the token the operator enters.
+#[get("/ops")]
+pub async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"))
+        .body(include_str!("dashboard.html"))
+}

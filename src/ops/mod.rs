@@ -1,5 +1,6 @@
-//! The operator surface: health, readiness and the live-calls API (metrics and the dashboard
-//! come later).
+//! The operator surface: health, readiness, Prometheus metrics and the live-calls API (the
+//! dashboard comes later).
 
 pub mod api;
 pub mod health;
+pub mod metrics;

@@ -32,6 +32,10 @@ pub struct StartedCall {
     pub outcome: LinkOutcome,
     /// The tenant's `stt_provider`, when the tenant exists and sets one.
     pub stt_provider: Option<String>,
+    /// The tenant's own STT API key, when it has one.
+    pub stt_api_key: Option<crate::config::Secret>,
+    /// The tenant wants the engine to record its calls (`postcall_config.record_calls`).
+    pub record_calls: bool,
 }
 
 /// Creates or links the call row; the persister remembers the call id.
@@ -55,7 +59,7 @@ pub struct PersistTurn {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct TurnsCommitted {
-    pub turns: Vec<(i32, String)>,
+    pub turns: Vec<NewTurn>,
     /// Time from the newest turn's assembly to its commit.
     pub lag: Duration,
     /// Turns still waiting to be written.
@@ -77,6 +81,10 @@ pub struct FinishCall {
     pub end_reason: String,
     pub ended_at: DateTime<Utc>,
     pub pending_partial: Option<NewTurn>,
+    /// DTMF digits pressed during the call.
+    pub dtmf: Option<String>,
+    /// The engine's own recording of the call (`file://…`), when it made one.
+    pub recording_url: Option<String>,
 }
 
 /// Writes one call's rows.
@@ -94,6 +102,9 @@ pub struct Persister {
     finish: Option<FinishCall>,
     waiters: Vec<oneshot::Sender<Result<CompletionOutcome, String>>>,
     finished: bool,
+    /// Number of the next turn: turns are numbered here, in the order they reach the
+    /// persister, so a call with several speakers (stereo) gets one gap-free sequence.
+    next_seq: i32,
 }
 
 impl Persister {
@@ -118,6 +129,7 @@ impl Persister {
             finish: None,
             waiters: Vec::new(),
             finished: false,
+            next_seq: 1,
         }
     }
 
@@ -153,6 +165,8 @@ impl Persister {
                 ended_at: finish.ended_at,
                 end_reason: finish.end_reason.clone(),
                 pending_partial: finish.pending_partial.clone(),
+                dtmf: finish.dtmf.clone(),
+                recording_url: finish.recording_url.clone(),
             };
             let write = async move { store.complete_call(call_id, &completion).await };
             ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
@@ -174,7 +188,7 @@ impl Persister {
         let mut newest = None;
         for (turn, assembled_at) in self.queue.drain(..count.min(self.queue.len())) {
             newest = Some(assembled_at);
-            turns.push((turn.seq, turn.text));
+            turns.push(turn);
         }
         self.backoff.reset();
         let lag = newest
@@ -252,6 +266,8 @@ impl Actor for Persister {
                     end_reason: "call_actor_lost".into(),
                     ended_at: Utc::now(),
                     pending_partial: None,
+                    dtmf: None,
+                    recording_url: None,
                 });
             }
             self.pump(ctx);
@@ -278,14 +294,19 @@ impl Handler<StartCall> for Persister {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 0.2);
             let attempt = || async {
                 let (call, outcome) = store.create_or_link_call(&msg.new_call).await?;
-                let stt_provider = store
-                    .get_tenant(call.tenant_id)
-                    .await?
-                    .and_then(|t| t.stt_provider);
+                let tenant = store.get_tenant(call.tenant_id).await?;
+                let record_calls = tenant
+                    .as_ref()
+                    .and_then(|t| t.postcall_config.as_ref())
+                    .is_some_and(|c| c["record_calls"] == serde_json::Value::Bool(true));
+                let (stt_provider, stt_api_key) =
+                    tenant.map_or((None, None), |t| (t.stt_provider, t.stt_api_key));
                 Ok::<_, StoreError>(StartedCall {
                     call,
                     outcome,
                     stt_provider,
+                    stt_api_key,
+                    record_calls,
                 })
             };
             loop {
@@ -319,7 +340,10 @@ impl Handler<PersistTurn> for Persister {
             tracing::error!(call_id = ?self.call_id, seq = msg.turn.seq, "unsent-turn limit reached; turn dropped");
             return;
         }
-        self.queue.push_back((msg.turn, msg.assembled_at));
+        let mut turn = msg.turn;
+        turn.seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push_back((turn, msg.assembled_at));
         self.pump(ctx);
     }
 }
@@ -335,6 +359,11 @@ impl Handler<FinishCall> for Persister {
         } else {
             self.waiters.push(tx);
             if self.finish.is_none() {
+                let mut msg = msg;
+                if let Some(partial) = &mut msg.pending_partial {
+                    partial.seq = self.next_seq;
+                    self.next_seq += 1;
+                }
                 self.finish = Some(msg);
             }
             self.pump(ctx);

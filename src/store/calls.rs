@@ -31,35 +31,7 @@ impl Store {
         new: &NewCall,
     ) -> Result<(Call, LinkOutcome), StoreError> {
         validate_new_call(new)?;
-        let now = DbTime::from(Utc::now());
-        let started = DbTime::from(new.started_at);
-        let row = CallRow {
-            id: DbUuid(new.id.unwrap_or_else(Uuid::new_v4)),
-            tenant_id: DbUuid(new.tenant_id),
-            campaign_id: new.campaign_id.map(DbUuid),
-            lead_id: new.lead_id.map(DbUuid),
-            phone_number: new.phone_number.clone().unwrap_or_else(|| "unknown".into()),
-            external_id: new.external_id.clone(),
-            protocol: new.protocol.as_str().into(),
-            direction: new.direction.as_str().into(),
-            status: CallStatus::Active.as_str().into(),
-            started_at: started,
-            ended_at: None,
-            last_activity_at: started,
-            duration_seconds: None,
-            cost_micros: None,
-            end_reason: None,
-            transcript_text: None,
-            transcript_json: None,
-            recording_id: None,
-            recording_url: None,
-            offline_transcript: None,
-            summary: None,
-            extracted_fields: None,
-            node_id: self.options().node_id.clone(),
-            created_at: now,
-            updated_at: now,
-        };
+        let row = new_call_row(new, &self.options().node_id);
         // A conflicting row can vanish between the insert and the read (the live call with
         // this external id ends); then the insert is simply tried again.
         for _ in 0..3 {
@@ -218,7 +190,11 @@ impl Store {
             completion.status,
             Some(completion.ended_at),
             &completion.end_reason,
-            completion.pending_partial.as_ref(),
+            EndDetails {
+                partial: completion.pending_partial.as_ref(),
+                dtmf: completion.dtmf.as_deref().filter(|d| !d.is_empty()),
+                recording_url: completion.recording_url.as_deref(),
+            },
         )
         .await
     }
@@ -249,7 +225,13 @@ impl Store {
                 "stale_call"
             };
             if let CompletionOutcome::Completed(_) = self
-                .finish(id.0, CallStatus::Interrupted, None, reason, None)
+                .finish(
+                    id.0,
+                    CallStatus::Interrupted,
+                    None,
+                    reason,
+                    EndDetails::default(),
+                )
                 .await?
             {
                 swept.push(id.0);
@@ -265,8 +247,13 @@ impl Store {
         status: CallStatus,
         ended_at: Option<DateTime<Utc>>,
         reason: &str,
-        partial: Option<&NewTurn>,
+        details: EndDetails<'_>,
     ) -> Result<CompletionOutcome, StoreError> {
+        let EndDetails {
+            partial,
+            dtmf,
+            recording_url,
+        } = details;
         let now = DbTime::from(Utc::now());
         let partial_row = partial.map(|t| turn_row(call_id, t, now));
         let partial_row = &partial_row;
@@ -322,10 +309,21 @@ impl Store {
                         calls::end_reason.eq(Some(reason)),
                         calls::transcript_text.eq(Some(text)),
                         calls::transcript_json.eq(Some(DbJson(transcript))),
+                        calls::dtmf.eq(dtmf),
                         calls::updated_at.eq(now),
                     ))
                     .execute(conn)
                     .await?;
+                if let Some(url) = recording_url {
+                    diesel::update(calls::table.find(id))
+                        .set((
+                            calls::recording_url.eq(Some(url)),
+                            calls::recording_id.eq(Some("engine")),
+                            calls::recording_status.eq(Some("completed")),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
                 diesel::insert_into(jobs::table)
                     .values(postcall_job(call_id, max_attempts, now))
                     .on_conflict(jobs::dedupe_key)
@@ -346,6 +344,19 @@ impl Store {
             calls::table.find(DbUuid(call_id)).select(CallRow::as_select()).first(conn).await.optional()?
         });
         row.map(Call::try_from).transpose()
+    }
+
+    /// Calls a transport knows by `external_id` (any protocol, any status), oldest first.
+    pub async fn calls_by_external_id(&self, external_id: &str) -> Result<Vec<Call>, StoreError> {
+        let rows: Vec<CallRow> = with_conn!(self, conn => {
+            calls::table
+                .filter(calls::external_id.eq(external_id))
+                .order(calls::started_at.asc())
+                .select(CallRow::as_select())
+                .load(conn)
+                .await?
+        });
+        rows.into_iter().map(Call::try_from).collect()
     }
 
     /// A call's turns in sequence order.
@@ -385,6 +396,51 @@ impl Store {
         });
         Ok(rows.into_iter().map(Job::from).collect())
     }
+}
+
+/// The row of a new, live call (every later field empty).
+pub(super) fn new_call_row(new: &NewCall, node_id: &str) -> CallRow {
+    let now = DbTime::from(Utc::now());
+    let started = DbTime::from(new.started_at);
+    CallRow {
+        id: DbUuid(new.id.unwrap_or_else(Uuid::new_v4)),
+        tenant_id: DbUuid(new.tenant_id),
+        campaign_id: new.campaign_id.map(DbUuid),
+        lead_id: new.lead_id.map(DbUuid),
+        phone_number: new.phone_number.clone().unwrap_or_else(|| "unknown".into()),
+        external_id: new.external_id.clone(),
+        protocol: new.protocol.as_str().into(),
+        direction: new.direction.as_str().into(),
+        status: CallStatus::Active.as_str().into(),
+        started_at: started,
+        ended_at: None,
+        last_activity_at: started,
+        duration_seconds: None,
+        cost_micros: None,
+        end_reason: None,
+        transcript_text: None,
+        transcript_json: None,
+        recording_id: None,
+        recording_url: None,
+        offline_transcript: None,
+        summary: None,
+        extracted_fields: None,
+        node_id: node_id.into(),
+        created_at: now,
+        updated_at: now,
+        dtmf: None,
+        media_metadata: new.media_metadata.clone().map(DbJson),
+        recording_status: None,
+        postcall_error: None,
+    }
+}
+
+/// What an end writes besides status and times.
+#[derive(Default, Clone, Copy)]
+struct EndDetails<'a> {
+    partial: Option<&'a NewTurn>,
+    dtmf: Option<&'a str>,
+    recording_url: Option<&'a str>,
 }
 
 fn postcall_job(call_id: Uuid, max_attempts: i32, now: DbTime) -> JobRow {

@@ -5,12 +5,22 @@
 //! backends are told apart; the portable column types live in [`sql_types`].
 
 mod calls;
+mod jobs;
 mod migrate;
 pub mod model;
 mod rows;
 pub mod schema;
 pub mod sql_types;
 mod tenants;
+mod webhooks;
+
+pub use jobs::{
+    Delivery, JobResult, PostcallUpdate, DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING,
+    JOB_STATUS_RUNNING,
+};
+pub use webhooks::{
+    RecordingOutcome, RecordingUpdate, StoredWebhookTurn, WebhookTurn, WEBHOOK_NODE,
+};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -24,7 +34,7 @@ use diesel_async::pooled_connection::{
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
 pub use model::*;
 
 /// SQLite connection driven through diesel-async (blocking work runs on tokio's blocking pool).

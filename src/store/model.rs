@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::config::Secret;
+
 /// Declares a closed set of string-valued states stored as TEXT.
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
@@ -134,6 +136,9 @@ pub struct NewCall {
     pub direction: Direction,
     /// When media started.
     pub started_at: DateTime<Utc>,
+    /// What the transport said about the call (Vonage headers, Twilio custom parameters,
+    /// audio_fork metadata), stored as given.
+    pub media_metadata: Option<serde_json::Value>,
 }
 
 /// A call row.
@@ -165,6 +170,13 @@ pub struct Call {
     pub node_id: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// DTMF digits pressed during the call, in order.
+    pub dtmf: Option<String>,
+    pub media_metadata: Option<serde_json::Value>,
+    /// The carrier's recording status (`completed`, `absent`, `failed`…).
+    pub recording_status: Option<String>,
+    /// Why a post-call step gave up (the webhook still goes out, with this noted).
+    pub postcall_error: Option<String>,
 }
 
 /// Whether `create_or_link_call` made a new row or found the live one.
@@ -231,6 +243,11 @@ pub struct CallCompletion {
     pub end_reason: String,
     /// The partial in flight at hang-up, stored with `is_final = false`.
     pub pending_partial: Option<NewTurn>,
+    /// DTMF digits pressed during the call, in order.
+    pub dtmf: Option<String>,
+    /// The engine's own recording (`file://…`), saved with the completion so the post-call job
+    /// finds it.
+    pub recording_url: Option<String>,
 }
 
 /// The result of `complete_call`.
@@ -277,9 +294,13 @@ pub struct Job {
 pub const JOB_KIND_POSTCALL: &str = "postcall";
 /// Status of a job waiting to run.
 pub const JOB_STATUS_QUEUED: &str = "queued";
+/// Status of a job that finished.
+pub const JOB_STATUS_DONE: &str = "done";
+/// Status of a job that failed its last attempt.
+pub const JOB_STATUS_DEAD: &str = "dead";
 
 /// A tenant to create.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewTenant {
     /// Tenant id; `None` generates one.
     pub id: Option<Uuid>,
@@ -288,23 +309,58 @@ pub struct NewTenant {
     /// Where `call.completed` webhooks go.
     pub webhook_url: Option<String>,
     /// Signing secret for outbound webhooks.
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
     /// Rate in micro-units per second of call time.
     pub cost_per_second_micros: i64,
     /// STT provider override.
     pub stt_provider: Option<String>,
+    /// The tenant's own STT API key (Deepgram); `None` uses the node's key.
+    pub stt_api_key: Option<Secret>,
+    /// Secret the carrier media endpoints require from this tenant's calls.
+    pub media_token: Option<Secret>,
+    /// Carrier media for this tenant needs no secret.
+    pub media_open: bool,
+    /// Twilio auth token: when set, `X-Twilio-Signature` on the stream's upgrade is verified.
+    pub twilio_auth_token: Option<Secret>,
+    /// Live calls this tenant may have at once (`None`: the node's limit).
+    pub max_concurrent_calls: Option<i32>,
+    /// Token naming this tenant in inbound webhook URLs (`/webhooks/{token}/…`).
+    pub inbound_token: Option<Secret>,
+    /// Secret ElevenLabs signs this tenant's webhooks with.
+    pub elevenlabs_webhook_secret: Option<Secret>,
+    /// Post-call settings (extraction lists, agent name, recording credentials).
+    pub postcall_config: Option<serde_json::Value>,
+    /// Bearer token for this tenant's view of the API (stored as its SHA-256).
+    pub api_token: Option<Secret>,
 }
 
-/// A tenant row. The webhook secret is never serialised.
+/// A tenant row. Secrets are never serialised nor printed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
     pub webhook_url: Option<String>,
     #[serde(skip)]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
     pub cost_per_second_micros: i64,
     pub stt_provider: Option<String>,
+    #[serde(skip)]
+    pub stt_api_key: Option<Secret>,
+    #[serde(skip)]
+    pub media_token: Option<Secret>,
+    pub media_open: bool,
+    #[serde(skip)]
+    pub twilio_auth_token: Option<Secret>,
+    pub max_concurrent_calls: Option<i32>,
+    #[serde(skip)]
+    pub inbound_token: Option<Secret>,
+    #[serde(skip)]
+    pub elevenlabs_webhook_secret: Option<Secret>,
+    /// May hold credentials: never serialised.
+    #[serde(skip)]
+    pub postcall_config: Option<serde_json::Value>,
+    /// The tenant has an API token.
+    pub has_api_token: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

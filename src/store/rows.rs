@@ -6,6 +6,7 @@ use super::model::{Call, Job, Turn};
 use super::schema::{call_turns, calls, jobs};
 use super::sql_types::{DbJson, DbTime, DbUuid};
 use super::StoreError;
+use crate::config::Secret;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = calls)]
@@ -35,6 +36,10 @@ pub(super) struct CallRow {
     pub node_id: String,
     pub created_at: DbTime,
     pub updated_at: DbTime,
+    pub dtmf: Option<String>,
+    pub media_metadata: Option<DbJson>,
+    pub recording_status: Option<String>,
+    pub postcall_error: Option<String>,
 }
 
 impl TryFrom<CallRow> for Call {
@@ -67,6 +72,10 @@ impl TryFrom<CallRow> for Call {
             node_id: row.node_id,
             created_at: row.created_at.0,
             updated_at: row.updated_at.0,
+            dtmf: row.dtmf,
+            media_metadata: row.media_metadata.map(|j| j.0),
+            recording_status: row.recording_status,
+            postcall_error: row.postcall_error,
         })
     }
 }
@@ -165,6 +174,15 @@ pub(super) struct TenantRow {
     pub stt_provider: Option<String>,
     pub created_at: DbTime,
     pub updated_at: DbTime,
+    pub stt_api_key: Option<String>,
+    pub media_token: Option<String>,
+    pub media_open: bool,
+    pub twilio_auth_token: Option<String>,
+    pub max_concurrent_calls: Option<i32>,
+    pub inbound_token: Option<String>,
+    pub elevenlabs_webhook_secret: Option<String>,
+    pub postcall_config: Option<DbJson>,
+    pub api_token_sha256: Option<String>,
 }
 
 impl From<TenantRow> for super::model::Tenant {
@@ -173,9 +191,18 @@ impl From<TenantRow> for super::model::Tenant {
             id: row.id.0,
             name: row.name,
             webhook_url: row.webhook_url,
-            webhook_secret: row.webhook_secret,
+            webhook_secret: row.webhook_secret.map(Secret::new),
             cost_per_second_micros: row.cost_per_second_micros,
             stt_provider: row.stt_provider,
+            stt_api_key: row.stt_api_key.map(Secret::new),
+            media_token: row.media_token.map(Secret::new),
+            media_open: row.media_open,
+            twilio_auth_token: row.twilio_auth_token.map(Secret::new),
+            max_concurrent_calls: row.max_concurrent_calls,
+            inbound_token: row.inbound_token.map(Secret::new),
+            elevenlabs_webhook_secret: row.elevenlabs_webhook_secret.map(Secret::new),
+            postcall_config: row.postcall_config.map(|j| j.0),
+            has_api_token: row.api_token_sha256.is_some(),
             created_at: row.created_at.0,
             updated_at: row.updated_at.0,
         }

@@ -48,6 +48,10 @@ diesel::table! {
         node_id -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        dtmf -> Nullable<Text>,
+        media_metadata -> Nullable<Jsonb>,
+        recording_status -> Nullable<Text>,
+        postcall_error -> Nullable<Text>,
     }
 }
 
@@ -95,6 +99,15 @@ diesel::table! {
         stt_provider -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        stt_api_key -> Nullable<Text>,
+        media_token -> Nullable<Text>,
+        media_open -> Bool,
+        twilio_auth_token -> Nullable<Text>,
+        max_concurrent_calls -> Nullable<Int4>,
+        inbound_token -> Nullable<Text>,
+        elevenlabs_webhook_secret -> Nullable<Text>,
+        postcall_config -> Nullable<Jsonb>,
+        api_token_sha256 -> Nullable<Text>,
     }
 }
 

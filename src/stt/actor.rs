@@ -85,6 +85,8 @@ pub struct SttPolicy {
     pub audio_queue_frames: usize,
     pub finalize_timeout: Duration,
     pub sample_rate: u32,
+    /// The tenant's own provider key, when it has one (set per call).
+    pub api_key: Option<crate::config::Secret>,
 }
 
 /// Who an `SttActor` reports to.
@@ -165,6 +167,7 @@ impl SttActor {
             sample_rate: self.policy.sample_rate,
             start_offset_ms,
             session_index: self.session_index,
+            api_key: self.policy.api_key.clone(),
         };
         let opening = self.provider.open(config);
         ctx.spawn(
@@ -361,7 +364,7 @@ impl Handler<SttFinish> for SttActor {
             SttState::Streaming => self.send_finalize(),
             _ => self.finish_done(),
         }
-        let limit = self.policy.finalize_timeout;
+        let limit = self.provider.finalize_timeout(self.policy.finalize_timeout);
         Box::pin(async move {
             let _ = tokio::time::timeout(limit, rx).await;
         })

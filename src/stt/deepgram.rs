@@ -100,22 +100,28 @@ pub enum DeepgramApi {
 /// A Deepgram provider.
 pub struct DeepgramProvider {
     settings: DeepgramSettings,
-    api_key: Secret,
+    /// The node's key; a tenant's own key (in the stream config) takes precedence.
+    api_key: Option<Secret>,
     api: DeepgramApi,
     queue_frames: usize,
 }
 
 impl DeepgramProvider {
-    /// Checks the settings; a missing key is an error here, at start-up.
+    /// Checks the settings. `require_key`: the node's key must be set (the provider is the
+    /// default, so calls of tenants without their own key would all fail) — an error here, at
+    /// start-up.
     pub fn new(
         settings: DeepgramSettings,
         api: DeepgramApi,
         queue_frames: usize,
+        require_key: bool,
     ) -> Result<Self, String> {
-        let api_key = settings
-            .api_key
-            .clone()
-            .ok_or("stt.deepgram.api_key is required for Deepgram")?;
+        let api_key = settings.api_key.clone();
+        if require_key && api_key.is_none() {
+            return Err(
+                "stt.deepgram.api_key is required when Deepgram is the default provider".into(),
+            );
+        }
         if !(settings.base_url.starts_with("ws://") || settings.base_url.starts_with("wss://")) {
             return Err(format!(
                 "stt.deepgram.base_url must start with ws:// or wss://, got {:?}",
@@ -189,10 +195,15 @@ impl SttProvider for DeepgramProvider {
         config: StreamConfig,
     ) -> LocalBoxFuture<'static, Result<SttSession, SttFailure>> {
         let url = self.url(config.sample_rate);
-        let key = self.api_key.clone();
+        let key = config.api_key.clone().or_else(|| self.api_key.clone());
         let settings = self.settings.clone();
         let (api, queue) = (self.api, self.queue_frames);
         Box::pin(async move {
+            let key = key.ok_or_else(|| {
+                SttFailure::fatal(
+                    "no Deepgram API key: the tenant has no stt_api_key and stt.deepgram.api_key is not set",
+                )
+            })?;
             let ws = connect(
                 &url,
                 &key,
@@ -412,7 +423,7 @@ mod tests {
             api_key: Some(Secret::new("k")),
             ..settings
         };
-        DeepgramProvider::new(settings, api, 10).unwrap()
+        DeepgramProvider::new(settings, api, 10, true).unwrap()
     }
 
     #[test]
@@ -466,14 +477,44 @@ mod tests {
 
     #[test]
     fn a_missing_key_or_bad_scheme_is_a_start_up_error() {
-        assert!(DeepgramProvider::new(DeepgramSettings::default(), DeepgramApi::V1, 1).is_err());
+        assert!(
+            DeepgramProvider::new(DeepgramSettings::default(), DeepgramApi::V1, 1, true).is_err()
+        );
         let http = DeepgramSettings {
             base_url: "https://x".into(),
             api_key: Some(Secret::new("k")),
             ..DeepgramSettings::default()
         };
-        assert!(DeepgramProvider::new(http, DeepgramApi::V1, 1)
+        assert!(DeepgramProvider::new(http, DeepgramApi::V1, 1, true)
             .err()
             .is_some_and(|e| e.contains("ws://")));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_choice_with_no_key_anywhere_fails_at_call_start_without_connecting() {
+        // Port 9 (discard) is never contacted: the key check comes first.
+        let settings = DeepgramSettings {
+            base_url: "ws://127.0.0.1:9".into(),
+            ..DeepgramSettings::default()
+        };
+        let provider = DeepgramProvider::new(settings, DeepgramApi::Flux, 1, false).unwrap();
+        let config = StreamConfig {
+            call_id: uuid::Uuid::nil(),
+            sample_rate: 16_000,
+            start_offset_ms: 0,
+            session_index: 0,
+            api_key: None,
+        };
+        match provider.open(config).await {
+            Ok(_) => panic!("a stream opened with no key"),
+            Err(failure) => {
+                assert!(!failure.retryable);
+                assert!(
+                    failure.message.contains("stt_api_key"),
+                    "{}",
+                    failure.message
+                );
+            }
+        }
     }
 }

@@ -97,6 +97,8 @@ pub struct StreamConfig {
     pub start_offset_ms: i64,
     /// 0 for the first stream of a call, then 1, 2… for each reconnect.
     pub session_index: u32,
+    /// The tenant's own API key; providers that need one prefer it to the node's.
+    pub api_key: Option<crate::config::Secret>,
 }
 
 /// An open provider stream: send audio in, read signals out.
@@ -117,6 +119,12 @@ pub trait SttProvider: Send + Sync + 'static {
     /// (and may take longer than the promotion timeout between partials).
     fn promotes_stale_partials(&self) -> bool {
         true
+    }
+
+    /// How long to wait for the last results after `Finalize`, given the configured default.
+    /// A local engine that may be decoding a long segment needs longer than a cloud stream.
+    fn finalize_timeout(&self, configured: std::time::Duration) -> std::time::Duration {
+        configured
     }
 
     /// Opens a stream. Called on the actor's thread; the provider spawns its own I/O.

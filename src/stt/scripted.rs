@@ -363,6 +363,7 @@ mod tests {
             sample_rate: 16_000,
             start_offset_ms,
             session_index,
+            api_key: None,
         };
         Script::new(Arc::new(settings), lines, &config)
     }

@@ -162,6 +162,40 @@ pub async fn http_request(
     (status, body)
 }
 
+/// Sends one HTTP/1.1 POST with `body` and extra headers; returns status and body.
+pub async fn http_post(
+    port: u16,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A TCP proxy in front of a server (e.g. PostgreSQL) that a test can cut and restore.
 /// While cut, it resets every open connection and closes new ones at once.
 pub struct CutProxy {
@@ -243,4 +277,21 @@ pub fn with_host(url: &str, addr: SocketAddr) -> String {
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// The pinned Whisper tiny.en model, fetched once into the shared test cache
+/// (`TEST_WHISPER_MODEL_CACHE`, else `~/.cache/callengine/models`).
+pub fn whisper_model_dir() -> std::path::PathBuf {
+    use callengine::stt::whisper::fetch::{ensure_model, FetchSource};
+    let cache = std::env::var_os("TEST_WHISPER_MODEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/callengine/models")
+        });
+    let pinned = FetchSource {
+        hf_base: None,
+        ..FetchSource::default()
+    };
+    ensure_model(&cache, &pinned, &mut |_, _| {}).expect("the pinned model downloads")
 }

@@ -26,6 +26,8 @@ pub const TURN_MS: u64 = 200;
 /// A running app with its own database.
 pub struct TestApp {
     pub port: u16,
+    /// The AudioSocket listener's port, when the settings enable one.
+    pub audiosocket_port: Option<u16>,
     pub db: TestDb,
     pub shutdown: ShutdownHandle,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -69,6 +71,9 @@ impl TestApp {
                 "1".into(),
             ),
             ("CALLENGINE_STT__BACKOFF_INITIAL_MS".into(), "20".into()),
+            // Post-call workers only where a test asks for them.
+            ("CALLENGINE_POSTCALL__WORKERS".into(), "0".into()),
+            ("CALLENGINE_POSTCALL__WEBHOOK_WORKERS".into(), "0".into()),
             ("CALLENGINE_STT__BACKOFF_MAX_MS".into(), "100".into()),
         ];
         for (k, v) in extra {
@@ -77,9 +82,11 @@ impl TestApp {
         let settings = Settings::load_from(None, env).unwrap();
         let app = Application::build(settings).await.unwrap();
         let (port, shutdown) = (app.port(), app.shutdown_handle());
+        let audiosocket_port = app.audiosocket_port();
         let server = actix_web::rt::spawn(app.run_until_stopped());
         Self {
             port,
+            audiosocket_port,
             db,
             shutdown,
             server: Some(server),
@@ -388,6 +395,21 @@ pub async fn assert_durable(store: &Store, log: &ClientLog, expect: Expect) -> U
         None => assert!(log.closes.is_empty()),
     }
     call_id
+}
+
+/// Speech from espeak-ng as s16 samples at `rate` Hz (the engine's band-limited resampler).
+pub fn speech_samples(text: &str, rate: u32) -> Vec<i16> {
+    let out = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "--stdout", text])
+        .output()
+        .expect("espeak-ng is installed (apt-get install espeak-ng)");
+    assert!(out.status.success(), "espeak-ng failed");
+    let (from, samples) = parse_wav(&out.stdout);
+    let samples: Vec<f32> = samples.iter().map(|s| f32::from(*s) / 32_768.0).collect();
+    callengine::audio::resample::resample(&samples, from, rate)
+        .iter()
+        .map(|s| (s * 32_767.0).clamp(-32_768.0, 32_767.0) as i16)
+        .collect()
 }
 
 /// 16 kHz s16le speech from espeak-ng, resampled with the engine's band-limited resampler.

@@ -210,6 +210,10 @@ impl Encoder {
     }
 }
 
+/// Self-attention keys and values of one decoding hypothesis.
+#[derive(Clone)]
+pub struct SelfCache(Vec<Option<(Tensor, Tensor)>>);
+
 /// The text decoder.
 pub struct Decoder {
     tokens: Embedding,
@@ -235,6 +239,20 @@ impl Decoder {
     /// Forgets cached keys and values (new audio window).
     pub fn reset(&mut self) {
         self.blocks.iter_mut().for_each(Block::reset);
+    }
+
+    /// The self-attention keys and values of the tokens fed so far, one entry per block.
+    /// Cheap (tensors share their storage): beam search keeps one per hypothesis. The
+    /// cross-attention cache depends only on the audio and is shared by every hypothesis.
+    pub fn self_cache(&self) -> SelfCache {
+        SelfCache(self.blocks.iter().map(|b| b.attn.cache.clone()).collect())
+    }
+
+    /// Continues from a cache taken with [`Decoder::self_cache`] on the same audio window.
+    pub fn set_self_cache(&mut self, cache: &SelfCache) {
+        for (block, entry) in self.blocks.iter_mut().zip(&cache.0) {
+            block.attn.cache = entry.clone();
+        }
     }
 
     /// Feeds `tokens` at positions `offset..`; returns the logits of the last one.

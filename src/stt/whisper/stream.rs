@@ -5,7 +5,6 @@
 //! when the queue has room (partials are skipped, never finals, when the workers are busy).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,8 +12,9 @@ use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::WhisperEngine;
+use super::engine::{Decoded, WhisperEngine};
 use crate::audio::pcm::rms_s16le;
+use crate::ops::metrics::{DecodeKind, WhisperMetrics};
 use crate::stt::{
     StreamConfig, SttEvent, SttFailure, SttInput, SttProvider, SttSession, SttSignal,
 };
@@ -40,6 +40,11 @@ pub struct WhisperSettings {
     pub partial_every_ms: u64,
     /// A segment longer than this is cut and decoded.
     pub max_segment_ms: u64,
+    /// Beam width of final decodes (1: greedy). Partials are always greedy.
+    pub beam_size: usize,
+    /// At hang-up, how long to wait for the last segment's decode (it may queue behind other
+    /// calls' finals and take seconds for a long segment).
+    pub finalize_timeout_ms: u64,
 }
 
 impl Default for WhisperSettings {
@@ -53,66 +58,102 @@ impl Default for WhisperSettings {
             min_speech_ms: 250,
             partial_every_ms: 1_500,
             max_segment_ms: 25_000,
+            beam_size: super::engine::DEFAULT_BEAM,
+            finalize_timeout_ms: 30_000,
         }
     }
 }
 
 struct Job {
     samples: Vec<f32>,
-    reply: oneshot::Sender<Result<String, String>>,
+    kind: DecodeKind,
+    beam: usize,
+    reply: oneshot::Sender<Result<Decoded, String>>,
 }
 
 /// The shared decoder pool.
 pub struct WhisperPool {
     jobs: mpsc::Sender<Job>,
-    waiting: Arc<AtomicUsize>,
+    metrics: WhisperMetrics,
 }
 
 impl WhisperPool {
     /// Starts `workers` threads, each loading the model; fails if the model cannot be loaded.
-    pub fn start(model_dir: &Path, workers: usize, queue: usize) -> Result<Self, String> {
+    pub fn start(
+        model_dir: &Path,
+        workers: usize,
+        queue: usize,
+        metrics: WhisperMetrics,
+    ) -> Result<Self, String> {
         let (jobs, receiver) = mpsc::channel::<Job>(queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
-        let waiting = Arc::new(AtomicUsize::new(0));
         for index in 0..workers.max(1) {
             let mut engine = WhisperEngine::load(model_dir).map_err(|e| e.to_string())?;
-            let (receiver, waiting) = (receiver.clone(), waiting.clone());
+            let (receiver, shared) = (receiver.clone(), metrics.clone());
             std::thread::Builder::new()
                 .name(format!("whisper-{index}"))
                 .spawn(move || loop {
+                    let metrics = &shared;
                     let job = match receiver.lock() {
                         Ok(mut rx) => rx.blocking_recv(),
                         Err(_) => None,
                     };
                     let Some(job) = job else { return };
-                    waiting.fetch_sub(1, Ordering::SeqCst);
-                    let result = engine.transcribe(&job.samples).map_err(|e| e.to_string());
+                    metrics.queue_length.dec();
+                    metrics.busy_workers.inc();
+                    let started = Instant::now();
+                    let result = engine
+                        .decode(&job.samples, job.beam)
+                        .map_err(|e| e.to_string());
+                    metrics.busy_workers.dec();
+                    match &result {
+                        Ok(_) => metrics.record_decode(
+                            job.kind,
+                            job.samples.len() as f64 / 16_000.0,
+                            started.elapsed().as_secs_f64(),
+                        ),
+                        Err(_) => {
+                            metrics.failures.inc();
+                        }
+                    }
                     let _ = job.reply.send(result);
                 })
                 .map_err(|e| e.to_string())?;
+            metrics.workers.inc();
         }
-        Ok(Self { jobs, waiting })
+        Ok(Self { jobs, metrics })
     }
 
     /// Decode jobs waiting for a worker.
     pub fn queue_len(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.metrics.queue_length.get().max(0) as usize
     }
 
+    /// Queues a decode; a partial (`Partial`) is skipped when the queue is full, a final waits
+    /// for room. `None`: skipped, or the workers are gone.
     async fn decode(
         &self,
         samples: Vec<f32>,
-        wait_for_room: bool,
-    ) -> Option<Result<String, String>> {
+        kind: DecodeKind,
+        beam: usize,
+    ) -> Option<Result<Decoded, String>> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { samples, reply };
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let queued = match wait_for_room {
-            true => self.jobs.send(job).await.is_ok(),
-            false => self.jobs.try_send(job).is_ok(),
+        let job = Job {
+            samples,
+            kind,
+            beam,
+            reply,
+        };
+        self.metrics.queue_length.inc();
+        let queued = match kind {
+            DecodeKind::Final => self.jobs.send(job).await.is_ok(),
+            DecodeKind::Partial => self.jobs.try_send(job).is_ok(),
         };
         if !queued {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.queue_length.dec();
+            if kind == DecodeKind::Partial {
+                self.metrics.skipped_partials.inc();
+            }
             return None;
         }
         answer.await.ok()
@@ -226,6 +267,12 @@ impl SttProvider for WhisperProvider {
         false
     }
 
+    fn finalize_timeout(&self, configured: std::time::Duration) -> std::time::Duration {
+        configured.max(std::time::Duration::from_millis(
+            self.settings.finalize_timeout_ms,
+        ))
+    }
+
     fn open(
         &self,
         config: StreamConfig,
@@ -239,6 +286,7 @@ impl SttProvider for WhisperProvider {
             pool: self.pool.clone(),
             segmenter: Segmenter::new(&self.settings),
             partial_every_ms: self.settings.partial_every_ms as i64,
+            beam: self.settings.beam_size.max(1),
             samples: Vec::new(),
             segment_start: None,
             next_partial_ms: 0,
@@ -266,6 +314,7 @@ struct StreamTask {
     pool: Arc<WhisperPool>,
     segmenter: Segmenter,
     partial_every_ms: i64,
+    beam: usize,
     samples: Vec<f32>,
     segment_start: Option<i64>,
     next_partial_ms: i64,
@@ -360,9 +409,9 @@ impl StreamTask {
         let (generation, in_flight) = (self.generation.clone(), self.partial_in_flight.clone());
         let (mine, start_ms) = (generation.get(), self.segment_start);
         actix_web::rt::spawn(async move {
-            let decoded = pool.decode(samples, false).await;
+            let decoded = pool.decode(samples, DecodeKind::Partial, 1).await;
             in_flight.set(false);
-            if let Some(Ok(text)) = decoded {
+            if let Some(Ok(Decoded { text, .. })) = decoded {
                 if generation.get() == mine && !text.is_empty() {
                     let _ = signals.send(SttSignal::Event(SttEvent::Partial {
                         text,
@@ -379,7 +428,10 @@ impl StreamTask {
         self.generation.set(self.generation.get() + 1);
         let samples = std::mem::take(&mut self.samples);
         let started = Instant::now();
-        let decoded = self.pool.decode(samples, true).await;
+        let decoded = self
+            .pool
+            .decode(samples, DecodeKind::Final, self.beam)
+            .await;
         tracing::info!(
             segment_ms = end_ms - start_ms,
             decode_ms = started.elapsed().as_millis() as u64,
@@ -387,12 +439,15 @@ impl StreamTask {
             "whisper final decoded"
         );
         match decoded {
-            Some(Ok(text)) if !text.is_empty() => Some(SttSignal::Event(SttEvent::Final {
-                text,
-                start_ms: Some(start_ms),
-                end_ms: Some(end_ms),
-                confidence: None,
-            })),
+            Some(Ok(Decoded { text, avg_logprob })) if !text.is_empty() => {
+                Some(SttSignal::Event(SttEvent::Final {
+                    text,
+                    start_ms: Some(start_ms),
+                    end_ms: Some(end_ms),
+                    // Mean token probability of the chosen hypothesis.
+                    confidence: Some(avg_logprob.exp()),
+                }))
+            }
             Some(Ok(_)) => None,
             Some(Err(err)) => Some(SttSignal::Failed(SttFailure::fatal(format!(
                 "whisper failed: {err}"

@@ -1,0 +1,1 @@
+ALTER TABLE tenants DROP COLUMN stt_api_key;

@@ -1,0 +1,470 @@
+//! The carrier WebSocket endpoints: `/ws/vonage`, `/ws/twilio`, `/ws/audiofork`.
+//!
+//! Each upgrade spawns a handshake task on the worker's arbiter: it reads the carrier's first
+//! message(s) within `media.handshake_timeout_ms`, takes the call's ids and audio format from
+//! them, admits the stream (tenant secret, Twilio signature, limits), and only then starts the
+//! `CallActor` with the rest of the socket mapped into media events by the protocol's pure
+//! parser. A refused stream is closed (1008 policy, 1013 try again later, 4000 bad handshake)
+//! with the reason, logged, and leaves no call row. Carriers get no JSON events from the
+//! engine, only the close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use actix_ws::{Message as WsMessage, MessageStream, Session};
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+use super::audiofork;
+use super::auth::{admit, Refusal, UpgradeCredentials};
+use super::normalize::{AudioFormat, Encoding, Normalizer};
+use super::twilio::{self, Sequence, SequenceTracker, TwilioMessage};
+use super::voice::MAX_MESSAGE_BYTES;
+use super::vonage::{self, VonageEvent};
+use super::{ids_from_map, ws_input, CallIds, MediaEvent, WsData};
+use crate::app::AppState;
+use crate::call::actor::{CallActor, CallParams};
+use crate::call::outbound::spawn_writer;
+use crate::store::Protocol;
+
+/// Closes a refused stream with `code` and the reason.
+async fn refuse(session: Session, protocol: Protocol, code: u16, reason: String) {
+    tracing::warn!(%protocol, code, %reason, "media stream refused");
+    let close = actix_ws::CloseReason {
+        code: actix_ws::CloseCode::from(code),
+        description: Some(reason.chars().take(120).collect()),
+    };
+    let _ = session.close(Some(close)).await;
+}
+
+/// The next text message of the handshake, answering pings; binary data first is an error.
+async fn next_text(
+    stream: &mut MessageStream,
+    session: &mut Session,
+    deadline: tokio::time::Instant,
+) -> Result<String, String> {
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| "no handshake message in time".to_string())?;
+        match next {
+            Some(Ok(WsMessage::Text(text))) => return Ok(text.to_string()),
+            Some(Ok(WsMessage::Ping(payload))) => {
+                let _ = session.pong(&payload).await;
+            }
+            Some(Ok(WsMessage::Binary(_))) => {
+                return Err("audio arrived before the stream's first text message".into())
+            }
+            Some(Ok(WsMessage::Close(_))) | None => {
+                return Err("closed during the handshake".into())
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(format!("protocol error during the handshake: {err}")),
+        }
+    }
+}
+
+fn handshake_deadline(state: &AppState) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(state.media.handshake_timeout_ms)
+}
+
+fn default_tenant(state: &AppState) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(&state.media.default_tenant_id).ok()
+}
+
+/// Everything a carrier handshake produced.
+struct Accepted {
+    ids: CallIds,
+    protocol: Protocol,
+    external_id: Option<String>,
+    speakers: Vec<String>,
+    metadata: Value,
+}
+
+/// Admits and starts the call; refuses the stream otherwise.
+async fn start_call(
+    state: web::Data<AppState>,
+    session: Session,
+    accepted: Accepted,
+    credentials: UpgradeCredentials,
+    input: impl FnOnce() -> super::MediaInput,
+) {
+    let Accepted {
+        ids,
+        protocol,
+        external_id,
+        speakers,
+        metadata,
+    } = accepted;
+    let token = credentials.bearer.clone().or(ids.token.clone());
+    let permit = match admit(
+        &state,
+        ids.tenant_id,
+        token.as_deref(),
+        &credentials,
+        protocol == Protocol::Twilio,
+    )
+    .await
+    {
+        Ok(permit) => permit,
+        Err(Refusal { code, reason }) => return refuse(session, protocol, code, reason).await,
+    };
+    let params = CallParams {
+        call_id: ids.call_id,
+        tenant_id: ids.tenant_id,
+        campaign_id: ids.campaign_id,
+        lead_id: ids.lead_id,
+        phone_number: ids.phone_number,
+        external_id,
+        protocol,
+        speakers,
+        metadata: Some(redact_token(metadata)),
+    };
+    let out = spawn_writer(session, false);
+    CallActor::new(Arc::clone(&state.calls), params, input(), out, Some(permit)).start();
+}
+
+/// The in-band media token is a secret: never stored with the metadata.
+fn redact_token(mut metadata: Value) -> Value {
+    fn strip(value: &mut Value) {
+        if let Value::Object(map) = value {
+            if map.contains_key("token") {
+                map.insert("token".into(), Value::String("***".into()));
+            }
+            for v in map.values_mut() {
+                strip(v);
+            }
+        }
+    }
+    strip(&mut metadata);
+    metadata
+}
+
+fn draining() -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(serde_json::json!({
+        "status": "draining", "reason": "node is shutting down"
+    }))
+}
+
+/// Turns normalised frames into audio events.
+fn audio_events(normalizer: &mut Normalizer, payload: &[u8]) -> Vec<MediaEvent> {
+    let mut events = Vec::with_capacity(2);
+    normalizer.push(payload, |channel, pcm| {
+        events.push(MediaEvent::Audio { channel, pcm })
+    });
+    events
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vonage
+
+/// `GET /ws/vonage`: Vonage Voice API WebSocket.
+#[get("/ws/vonage")]
+pub async fn vonage_ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if state.is_draining() {
+        return Ok(draining());
+    }
+    let credentials = UpgradeCredentials::from_request(&req);
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
+    actix_web::rt::spawn(vonage_session(state, session, stream, credentials));
+    Ok(response)
+}
+
+async fn vonage_session(
+    state: web::Data<AppState>,
+    mut session: Session,
+    mut stream: MessageStream,
+    credentials: UpgradeCredentials,
+) {
+    let deadline = handshake_deadline(&state);
+    let first = match next_text(&mut stream, &mut session, deadline).await {
+        Ok(text) => text,
+        Err(reason) => return refuse(session, Protocol::Vonage, 4000, reason).await,
+    };
+    let connected = match vonage::parse_connected(&first) {
+        Ok(c) => c,
+        Err(reason) => return refuse(session, Protocol::Vonage, 4000, reason).await,
+    };
+    let ids = match ids_from_map(&connected.headers, default_tenant(&state)) {
+        Ok(ids) => ids,
+        Err(reason) => return refuse(session, Protocol::Vonage, 4000, reason).await,
+    };
+    let external_id = ["uuid", "call_uuid", "conversation_uuid"]
+        .iter()
+        .find_map(|k| connected.headers.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_string);
+    let rate = connected.sample_rate;
+    let format = AudioFormat {
+        encoding: Encoding::L16,
+        sample_rate: rate,
+        channels: 1,
+    };
+    let mut normalizer = match Normalizer::new(format) {
+        Ok(n) => n,
+        Err(reason) => return refuse(session, Protocol::Vonage, 4000, reason).await,
+    };
+    let accepted = Accepted {
+        ids,
+        protocol: Protocol::Vonage,
+        external_id,
+        speakers: vec!["contact".into()],
+        metadata: Value::Object(connected.headers),
+    };
+    start_call(state, session, accepted, credentials, move || {
+        let frame = vonage::frame_bytes(rate);
+        ws_input(stream, move |data| match data {
+            WsData::Binary(bytes) if bytes.len() == frame => audio_events(&mut normalizer, &bytes),
+            WsData::Binary(bytes) => vec![MediaEvent::Invalid(format!(
+                "{} bytes; Vonage sends {frame}-byte frames at {rate} Hz",
+                bytes.len()
+            ))],
+            WsData::Text(text) => match vonage::parse_event(&text) {
+                Ok(VonageEvent::Dtmf { digit }) => vec![MediaEvent::Dtmf(digit)],
+                Ok(VonageEvent::Other(event)) => vec![MediaEvent::Ignored(event)],
+                Err(reason) => vec![MediaEvent::Ignored(reason)],
+            },
+        })
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twilio
+
+/// `GET /ws/twilio`: Twilio Media Streams.
+#[get("/ws/twilio")]
+pub async fn twilio_ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if state.is_draining() {
+        return Ok(draining());
+    }
+    let credentials = UpgradeCredentials::from_request(&req);
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
+    actix_web::rt::spawn(twilio_session(state, session, stream, credentials));
+    Ok(response)
+}
+
+async fn twilio_session(
+    state: web::Data<AppState>,
+    mut session: Session,
+    mut stream: MessageStream,
+    credentials: UpgradeCredentials,
+) {
+    let deadline = handshake_deadline(&state);
+    let mut tracker = SequenceTracker::default();
+    let start = loop {
+        let text = match next_text(&mut stream, &mut session, deadline).await {
+            Ok(text) => text,
+            Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
+        };
+        match twilio::parse(&text) {
+            Ok(TwilioMessage::Connected) => continue,
+            Ok(TwilioMessage::Start(start)) => break start,
+            Ok(other) => {
+                let reason = format!("expected connected or start first, got {other:?}");
+                return refuse(session, Protocol::Twilio, 4000, reason).await;
+            }
+            Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
+        }
+    };
+    let encoding = match start.encoding.to_ascii_lowercase().as_str() {
+        "audio/x-mulaw" => Encoding::Mulaw,
+        "audio/x-alaw" => Encoding::Alaw,
+        "audio/x-l16" | "audio/l16" => Encoding::L16,
+        other => {
+            let reason = format!("unsupported Twilio media encoding {other:?}");
+            return refuse(session, Protocol::Twilio, 4000, reason).await;
+        }
+    };
+    let format = AudioFormat {
+        encoding,
+        sample_rate: start.sample_rate,
+        channels: start.channels,
+    };
+    let mut normalizer = match Normalizer::new(format) {
+        Ok(n) => n,
+        Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
+    };
+    let ids = match ids_from_map(&start.custom_parameters, default_tenant(&state)) {
+        Ok(ids) => ids,
+        Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
+    };
+    let metadata = serde_json::json!({
+        "stream_sid": start.stream_sid,
+        "account_sid": start.account_sid,
+        "tracks": start.tracks,
+        "custom_parameters": start.custom_parameters,
+        "media_format": { "encoding": start.encoding, "sample_rate": start.sample_rate, "channels": start.channels },
+    });
+    let accepted = Accepted {
+        ids,
+        protocol: Protocol::Twilio,
+        external_id: Some(start.call_sid.clone()),
+        speakers: vec!["contact".into()],
+        metadata,
+    };
+    start_call(state, session, accepted, credentials, move || {
+        ws_input(stream, move |data| {
+            let WsData::Text(text) = data else {
+                return vec![MediaEvent::Invalid(
+                    "binary message on a Twilio stream".into(),
+                )];
+            };
+            match twilio::parse(&text) {
+                Ok(TwilioMessage::Media {
+                    sequence,
+                    track,
+                    payload,
+                    ..
+                }) => {
+                    let mut events = match tracker.observe(sequence) {
+                        Sequence::Duplicate => {
+                            return vec![MediaEvent::Invalid(format!(
+                                "duplicate media message {sequence:?}"
+                            ))]
+                        }
+                        Sequence::Gap { missing } => vec![MediaEvent::Gap(missing)],
+                        Sequence::InOrder => Vec::new(),
+                    };
+                    if track != "inbound" {
+                        events.push(MediaEvent::Ignored(format!("{track} track")));
+                        return events;
+                    }
+                    events.extend(audio_events(&mut normalizer, &payload));
+                    events
+                }
+                Ok(TwilioMessage::Stop) => vec![MediaEvent::Stop],
+                Ok(TwilioMessage::Dtmf { digit }) => vec![MediaEvent::Dtmf(digit)],
+                Ok(TwilioMessage::Mark { .. }) | Ok(TwilioMessage::Connected) => Vec::new(),
+                Ok(TwilioMessage::Start(_)) => {
+                    vec![MediaEvent::Ignored("second start message".into())]
+                }
+                Ok(TwilioMessage::Other(event)) => vec![MediaEvent::Ignored(event)],
+                Err(reason) => vec![MediaEvent::Invalid(reason)],
+            }
+        })
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// FreeSWITCH mod_audio_fork / jambonz listen
+
+/// `GET /ws/audiofork`: FreeSWITCH mod_audio_fork and jambonz `listen`.
+#[get("/ws/audiofork")]
+pub async fn audiofork_ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if state.is_draining() {
+        return Ok(draining());
+    }
+    let credentials = UpgradeCredentials::from_request(&req);
+    let query: Map<String, Value> =
+        serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+    // mod_audio_fork offers its subprotocol; answer with it when asked.
+    let protocols: Vec<String> = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
+        .unwrap_or_default();
+    let (mut response, session, stream) = actix_ws::handle(&req, body)?;
+    if let Some(chosen) = protocols.first() {
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(chosen) {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
+    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
+    actix_web::rt::spawn(audiofork_session(
+        state,
+        session,
+        stream,
+        credentials,
+        query,
+    ));
+    Ok(response)
+}
+
+async fn audiofork_session(
+    state: web::Data<AppState>,
+    mut session: Session,
+    mut stream: MessageStream,
+    credentials: UpgradeCredentials,
+    query: Map<String, Value>,
+) {
+    let deadline = handshake_deadline(&state);
+    let first = match next_text(&mut stream, &mut session, deadline).await {
+        Ok(text) => text,
+        Err(reason) => return refuse(session, Protocol::AudioFork, 4000, reason).await,
+    };
+    let start = match audiofork::parse_start(&first, &query) {
+        Ok(start) => start,
+        Err(reason) => return refuse(session, Protocol::AudioFork, 4000, reason).await,
+    };
+    let ids = match ids_from_map(&start.pairs, default_tenant(&state)) {
+        Ok(ids) => ids,
+        Err(reason) => return refuse(session, Protocol::AudioFork, 4000, reason).await,
+    };
+    let format = AudioFormat {
+        encoding: Encoding::L16,
+        sample_rate: start.sample_rate,
+        channels: start.mix.channels(),
+    };
+    let mut normalizer = match Normalizer::new(format) {
+        Ok(n) => n,
+        Err(reason) => return refuse(session, Protocol::AudioFork, 4000, reason).await,
+    };
+    let accepted = Accepted {
+        ids,
+        protocol: Protocol::AudioFork,
+        external_id: start.external_id.clone(),
+        speakers: start.mix.speakers(),
+        metadata: start.metadata.clone(),
+    };
+    start_call(state, session, accepted, credentials, move || {
+        ws_input(stream, move |data| match data {
+            WsData::Binary(bytes) if bytes.is_empty() => {
+                vec![MediaEvent::Invalid("empty binary frame".into())]
+            }
+            WsData::Binary(bytes) => audio_events(&mut normalizer, &bytes),
+            WsData::Text(text) => match audiofork::parse_text(&text) {
+                Some(digit) => vec![MediaEvent::Dtmf(digit)],
+                None => vec![MediaEvent::Ignored("text frame".into())],
+            },
+        })
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_band_tokens_are_not_stored() {
+        let m = redact_token(serde_json::json!({"token":"s3cret","metadata":{"token":"x","a":1}}));
+        assert_eq!(m["token"], "***");
+        assert_eq!(m["metadata"]["token"], "***");
+        assert_eq!(m["metadata"]["a"], 1);
+    }
+}

@@ -1,0 +1,227 @@
+//! Turns whatever audio a carrier sends into what the call path takes: s16le mono 16 kHz in
+//! 20 ms frames (640 bytes), one stream per channel. Pure and stateful per call: G.711 decoded,
+//! stereo de-interleaved, resampled with a streaming windowed-sinc filter, frames of any size
+//! split on sample boundaries and re-cut to 20 ms.
+
+use bytes::Bytes;
+
+use crate::audio::g711;
+use crate::audio::resample::StreamResampler;
+
+/// Bytes of one 20 ms frame at 16 kHz.
+pub const FRAME_16K: usize = 640;
+
+/// How a carrier's samples are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Signed 16-bit little-endian.
+    L16,
+    /// G.711 μ-law, one byte per sample.
+    Mulaw,
+    /// G.711 A-law, one byte per sample.
+    Alaw,
+}
+
+/// What a carrier announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioFormat {
+    pub encoding: Encoding,
+    pub sample_rate: u32,
+    pub channels: u16,
+}
+
+impl AudioFormat {
+    /// Bytes per sample frame (all channels).
+    pub fn frame_bytes(self) -> usize {
+        let per_sample = match self.encoding {
+            Encoding::L16 => 2,
+            Encoding::Mulaw | Encoding::Alaw => 1,
+        };
+        per_sample * usize::from(self.channels)
+    }
+
+    /// Milliseconds of audio in `bytes`.
+    pub fn millis(self, bytes: usize) -> u64 {
+        (bytes / self.frame_bytes().max(1)) as u64 * 1000 / u64::from(self.sample_rate.max(1))
+    }
+}
+
+struct Channel {
+    resampler: StreamResampler,
+    /// 16 kHz output not yet a whole frame.
+    pending: Vec<u8>,
+}
+
+/// One call's converter.
+pub struct Normalizer {
+    format: AudioFormat,
+    /// Input bytes that did not make a whole sample frame yet.
+    carry: Vec<u8>,
+    channels: Vec<Channel>,
+    samples: Vec<i16>,
+}
+
+impl Normalizer {
+    /// A converter for `format` (1 or 2 channels; rates 8–192 kHz).
+    pub fn new(format: AudioFormat) -> Result<Self, String> {
+        if !(1..=2).contains(&format.channels) {
+            return Err(format!(
+                "{} audio channels (1 or 2 supported)",
+                format.channels
+            ));
+        }
+        if !(8_000..=192_000).contains(&format.sample_rate) {
+            return Err(format!(
+                "sample rate {} Hz is not supported",
+                format.sample_rate
+            ));
+        }
+        let channels = (0..format.channels)
+            .map(|_| Channel {
+                resampler: StreamResampler::new(format.sample_rate, 16_000),
+                pending: Vec::with_capacity(2 * FRAME_16K),
+            })
+            .collect();
+        Ok(Self {
+            format,
+            carry: Vec::new(),
+            channels,
+            samples: Vec::new(),
+        })
+    }
+
+    /// The announced format.
+    pub fn format(&self) -> AudioFormat {
+        self.format
+    }
+
+    /// Feeds one payload; calls `emit(channel, frame)` for every complete 640-byte frame.
+    pub fn push(&mut self, payload: &[u8], mut emit: impl FnMut(usize, Bytes)) {
+        let unit = self.format.frame_bytes();
+        let joined;
+        let data: &[u8] = if self.carry.is_empty() {
+            payload
+        } else {
+            self.carry.extend_from_slice(payload);
+            joined = std::mem::take(&mut self.carry);
+            &joined
+        };
+        let whole = data.len() / unit * unit;
+        let (body, rest) = data.split_at(whole);
+        let n_channels = self.channels.len();
+        for (index, channel) in self.channels.iter_mut().enumerate() {
+            self.samples.clear();
+            match self.format.encoding {
+                Encoding::L16 => self.samples.extend(
+                    body.chunks_exact(unit)
+                        .map(|f| i16::from_le_bytes([f[2 * index], f[2 * index + 1]])),
+                ),
+                Encoding::Mulaw if n_channels == 1 => g711::decode_ulaw(body, &mut self.samples),
+                Encoding::Alaw if n_channels == 1 => g711::decode_alaw(body, &mut self.samples),
+                Encoding::Mulaw => self.samples.extend(
+                    body.chunks_exact(unit)
+                        .map(|f| g711::ULAW[f[index] as usize]),
+                ),
+                Encoding::Alaw => self.samples.extend(
+                    body.chunks_exact(unit)
+                        .map(|f| g711::ALAW[f[index] as usize]),
+                ),
+            }
+            let wide = channel.resampler.process(&self.samples);
+            for s in wide {
+                channel.pending.extend_from_slice(&s.to_le_bytes());
+            }
+            let frames = channel.pending.len() / FRAME_16K;
+            if frames > 0 {
+                let cut = frames * FRAME_16K;
+                let out = Bytes::copy_from_slice(&channel.pending[..cut]);
+                channel.pending.drain(..cut);
+                for k in 0..frames {
+                    emit(index, out.slice(k * FRAME_16K..(k + 1) * FRAME_16K));
+                }
+            }
+        }
+        self.carry = rest.to_vec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(n: &mut Normalizer, payload: &[u8]) -> Vec<(usize, Bytes)> {
+        let mut out = Vec::new();
+        n.push(payload, |c, f| out.push((c, f)));
+        out
+    }
+
+    #[test]
+    fn wideband_mono_passes_through_in_20ms_frames() {
+        let format = AudioFormat {
+            encoding: Encoding::L16,
+            sample_rate: 16_000,
+            channels: 1,
+        };
+        let mut n = Normalizer::new(format).unwrap();
+        let payload: Vec<u8> = (0..1_000u16).flat_map(|v| v.to_le_bytes()).collect();
+        // 2,000 bytes: three frames out, 80 bytes pending; odd byte splits carried over.
+        let out = collect(&mut n, &payload[..1_001]);
+        assert_eq!(out.len(), 1);
+        let out = collect(&mut n, &payload[1_001..]);
+        assert_eq!(out.len(), 2);
+        let joined: Vec<u8> = out.iter().flat_map(|(_, f)| f.to_vec()).collect();
+        assert_eq!(&joined[..], &payload[640..1_920]);
+    }
+
+    #[test]
+    fn narrowband_mulaw_doubles_in_length() {
+        let format = AudioFormat {
+            encoding: Encoding::Mulaw,
+            sample_rate: 8_000,
+            channels: 1,
+        };
+        let mut n = Normalizer::new(format).unwrap();
+        let mut frames = 0;
+        for _ in 0..50 {
+            frames += collect(&mut n, &[0x80; 160]).len();
+        }
+        // One second in: a second out, less the filter's 2 ms lag.
+        assert_eq!(frames, 49);
+    }
+
+    #[test]
+    fn stereo_is_split_into_two_channels() {
+        let format = AudioFormat {
+            encoding: Encoding::L16,
+            sample_rate: 16_000,
+            channels: 2,
+        };
+        let mut n = Normalizer::new(format).unwrap();
+        let mut payload = Vec::new();
+        for _ in 0..320 {
+            payload.extend_from_slice(&100i16.to_le_bytes());
+            payload.extend_from_slice(&(-200i16).to_le_bytes());
+        }
+        let out = collect(&mut n, &payload);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].0, 0);
+        assert_eq!(i16::from_le_bytes([out[0].1[0], out[0].1[1]]), 100);
+        assert_eq!(out[1].0, 1);
+        assert_eq!(i16::from_le_bytes([out[1].1[0], out[1].1[1]]), -200);
+    }
+
+    #[test]
+    fn unsupported_formats_are_refused() {
+        let bad = |channels, sample_rate| {
+            Normalizer::new(AudioFormat {
+                encoding: Encoding::L16,
+                sample_rate,
+                channels,
+            })
+            .is_err()
+        };
+        assert!(bad(3, 8_000));
+        assert!(bad(1, 4_000));
+        assert!(!bad(2, 48_000));
+    }
+}

@@ -1,0 +1,298 @@
+//! The Asterisk AudioSocket TCP listener (`media.audiosocket_bind`).
+//!
+//! Admission is by source address (`media.audiosocket_allow`) and the node's limits; the tenant
+//! is `media.audiosocket_tenant_id`; the first message must be the call's UUID (the external
+//! id). Sessions are spread over a few arbiters. A reader task turns the byte stream into media
+//! events with the pure [`super::audiosocket::Decoder`]; the writer answers the engine's close
+//! with an AudioSocket hangup (`00 00 00`) and closes the socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::web;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::audiosocket::{Decoder, Frame, FrameError};
+use super::normalize::{AudioFormat, Encoding, Normalizer};
+use super::MediaEvent;
+use crate::app::AppState;
+use crate::call::actor::{CallActor, CallParams};
+use crate::call::outbound::Outbound;
+use crate::store::Protocol;
+
+/// Events buffered from the socket towards the call before the reader waits.
+const EVENT_QUEUE: usize = 256;
+
+/// A bound listener, started later (once the application state exists).
+pub struct AudioSocketListener {
+    listener: std::net::TcpListener,
+    allow: Vec<Option<IpAddr>>,
+}
+
+impl AudioSocketListener {
+    /// Binds `bind` now so that a port in use is a start-up error.
+    pub fn bind(bind: &str, allow: &str) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
+        let allow = allow
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| if a == "*" { None } else { a.parse().ok() })
+            .collect();
+        Ok(Self { listener, allow })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts sessions on a thread of arbiters of its own until the process ends.
+    pub fn run(self, state: web::Data<AppState>) -> std::io::Result<()> {
+        let arbiters: Vec<actix::ArbiterHandle> = (0..std::thread::available_parallelism()
+            .map_or(2, |n| n.get()))
+            .map(|_| actix::Arbiter::new().handle())
+            .collect();
+        let accept = actix::Arbiter::new();
+        let Self { listener, allow } = self;
+        accept.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(err) => {
+                    tracing::error!(error = %err, "AudioSocket listener failed");
+                    return;
+                }
+            };
+            let mut next = 0usize;
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "AudioSocket accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let allowed = allow.iter().any(|a| {
+                    a.is_none_or(|ip| {
+                        ip == peer.ip() || ip.to_canonical() == peer.ip().to_canonical()
+                    })
+                });
+                if !allowed {
+                    tracing::warn!(%peer, "AudioSocket connection refused: address not allowed");
+                    drop(tcp);
+                    continue;
+                }
+                if state.is_draining() {
+                    drop(tcp);
+                    continue;
+                }
+                let arbiter = &arbiters[next % arbiters.len()];
+                next = next.wrapping_add(1);
+                arbiter.spawn(session(state.clone(), tcp, peer));
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn session(state: web::Data<AppState>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let (mut read, mut write) = tcp.into_split();
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; 8 * 1024];
+    let timeout = Duration::from_millis(state.media.handshake_timeout_ms);
+    // Handshake: the first message must be the call's UUID.
+    let uuid = loop {
+        match decoder.next_frame() {
+            Ok(Some(Frame::Uuid(uuid))) => break uuid,
+            Ok(Some(other)) => {
+                tracing::warn!(%peer, ?other, "AudioSocket session refused: the first message is not the UUID");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "AudioSocket session refused");
+                return;
+            }
+            Ok(None) => {}
+        }
+        match tokio::time::timeout(timeout, read.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => decoder.push(&buf[..n]),
+            _ => {
+                tracing::warn!(%peer, "AudioSocket session ended before its UUID");
+                return;
+            }
+        }
+    };
+    // A call registered beforehand through the API with this UUID gives the tenant, campaign
+    // and lead; otherwise the listener's tenant.
+    let registered = state
+        .store
+        .calls_by_external_id(&uuid.to_string())
+        .await
+        .ok()
+        .and_then(|calls| {
+            calls
+                .into_iter()
+                .find(|c| c.protocol == Protocol::Api && c.ended_at.is_none())
+        });
+    let Ok(default_tenant) = uuid::Uuid::parse_str(&state.media.audiosocket_tenant_id) else {
+        return;
+    };
+    let tenant_id = registered.as_ref().map_or(default_tenant, |c| c.tenant_id);
+    let permit = match state.limiter.try_acquire(tenant_id, None) {
+        Ok(permit) => permit,
+        Err(reason) => {
+            tracing::warn!(%peer, %uuid, %reason, "AudioSocket session refused: limit");
+            let _ = write
+                .write_all(&super::audiosocket::encode(0xff, &[0x04]))
+                .await;
+            return;
+        }
+    };
+    let params = CallParams {
+        call_id: registered.as_ref().map(|c| c.id),
+        tenant_id,
+        campaign_id: registered.as_ref().and_then(|c| c.campaign_id),
+        lead_id: registered.as_ref().and_then(|c| c.lead_id),
+        phone_number: registered.as_ref().map(|c| c.phone_number.clone()),
+        external_id: Some(uuid.to_string()),
+        protocol: Protocol::AudioSocket,
+        speakers: vec!["contact".into()],
+        metadata: Some(serde_json::json!({ "peer": peer.to_string() })),
+    };
+    let (events_tx, events_rx) = mpsc::channel::<MediaEvent>(EVENT_QUEUE);
+    actix_web::rt::spawn(read_loop(read, decoder, buf, events_tx));
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(16);
+    actix_web::rt::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            if let Outbound::Close(..) = message {
+                let _ = write.write_all(&[0x00, 0x00, 0x00]).await;
+                let _ = write.shutdown().await;
+                return;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    let input = futures_util::stream::unfold(events_rx, |mut rx| async move {
+        rx.recv().await.map(|event| (event, rx))
+    })
+    .boxed_local();
+    CallActor::new(
+        Arc::clone(&state.calls),
+        params,
+        input,
+        out_tx,
+        Some(permit),
+    )
+    .start();
+}
+
+async fn read_loop(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    mut decoder: Decoder,
+    mut buf: Vec<u8>,
+    events: mpsc::Sender<MediaEvent>,
+) {
+    let mut normalizer: Option<Normalizer> = None;
+    loop {
+        loop {
+            let event = match decoder.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::Audio { sample_rate, pcm })) => {
+                    if pcm.len() % 2 != 0 || pcm.is_empty() {
+                        send(
+                            &events,
+                            MediaEvent::Invalid(format!(
+                                "{} bytes of slin is not whole samples",
+                                pcm.len()
+                            )),
+                        )
+                        .await;
+                        continue;
+                    }
+                    if normalizer
+                        .as_ref()
+                        .is_none_or(|n| n.format().sample_rate != sample_rate)
+                    {
+                        normalizer = Normalizer::new(AudioFormat {
+                            encoding: Encoding::L16,
+                            sample_rate,
+                            channels: 1,
+                        })
+                        .ok();
+                    }
+                    let mut frames = Vec::new();
+                    if let Some(n) = normalizer.as_mut() {
+                        n.push(&pcm, |channel, pcm| {
+                            frames.push(MediaEvent::Audio { channel, pcm })
+                        });
+                    }
+                    for frame in frames {
+                        if !send(&events, frame).await {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Ok(Some(Frame::Dtmf(digit))) => MediaEvent::Dtmf(digit.to_string()),
+                Ok(Some(Frame::Hangup)) => {
+                    send(&events, MediaEvent::Closed).await;
+                    return;
+                }
+                Ok(Some(Frame::Error(code))) => {
+                    let event = match code {
+                        Some(0x01) => MediaEvent::Closed,
+                        other => MediaEvent::Lost(format!("Asterisk reported error {other:?}")),
+                    };
+                    send(&events, event).await;
+                    return;
+                }
+                Ok(Some(Frame::Uuid(_))) => MediaEvent::Ignored("second UUID".into()),
+                Err(err) => {
+                    send(
+                        &events,
+                        MediaEvent::ProtocolError {
+                            too_big: matches!(err, FrameError::TooLong(_)),
+                            detail: err.to_string(),
+                        },
+                    )
+                    .await;
+                    return;
+                }
+            };
+            if !send(&events, event).await {
+                return;
+            }
+        }
+        match read.read(&mut buf).await {
+            Ok(0) => {
+                let event = match decoder.finish() {
+                    Ok(()) => MediaEvent::Closed,
+                    Err(err) => MediaEvent::ProtocolError {
+                        too_big: false,
+                        detail: err.to_string(),
+                    },
+                };
+                send(&events, event).await;
+                return;
+            }
+            Ok(n) => decoder.push(&buf[..n]),
+            Err(err) => {
+                send(&events, MediaEvent::Lost(err.to_string())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// False when the call is gone.
+async fn send(events: &mpsc::Sender<MediaEvent>, event: MediaEvent) -> bool {
+    events.send(event).await.is_ok()
+}

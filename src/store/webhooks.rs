@@ -1,0 +1,471 @@
+//! Store operations behind the inbound webhooks: dialogue turns posted by a voice platform
+//! (ElevenLabs), recording callbacks, and the tenant lookups they need.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::calls::new_call_row;
+use super::model::{
+    CallStatus, Direction, NewCall, Protocol, Tenant, TurnSource, JOB_KIND_POSTCALL,
+    JOB_STATUS_DEAD, JOB_STATUS_DONE, JOB_STATUS_QUEUED,
+};
+use super::rows::{CallRow, JobRow, TenantRow, TurnRow};
+use super::schema::{call_turns, calls, jobs, tenant_phone_numbers, tenants};
+use super::sql_types::{DbJson, DbTime, DbUuid};
+use super::{with_conn, Store, StoreError};
+
+/// One dialogue turn a platform posted.
+#[derive(Debug, Clone)]
+pub struct WebhookTurn {
+    pub tenant_id: Uuid,
+    /// The platform's conversation id: the call's external id.
+    pub conversation_id: String,
+    pub protocol: Protocol,
+    /// Role: `agent` or `contact`.
+    pub speaker: String,
+    /// The platform's own label (`agent`, `user`).
+    pub speaker_label: String,
+    pub text: String,
+    /// When the turn was spoken (UTC).
+    pub at: DateTime<Utc>,
+}
+
+/// Where a posted turn landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWebhookTurn {
+    pub turn_id: Uuid,
+    pub call_id: Uuid,
+    pub seq: i32,
+    /// False: the same turn was posted before; this is the original.
+    pub created: bool,
+    /// The call was created by this turn.
+    pub call_created: bool,
+    /// The call has a contact (lead) id.
+    pub has_contact: bool,
+}
+
+/// A recording callback.
+#[derive(Debug, Clone)]
+pub struct RecordingUpdate {
+    /// The call's external id (Twilio CallSid, Vonage conversation UUID).
+    pub external_id: String,
+    pub protocol: Protocol,
+    pub recording_id: String,
+    pub recording_url: Option<String>,
+    /// `completed`, `in-progress`, `absent`, `failed`…
+    pub status: String,
+    pub duration_secs: Option<i64>,
+    /// Tenant for a call this node never saw (found by the called number).
+    pub tenant_for_unknown_call: Option<Uuid>,
+    pub phone_number: Option<String>,
+}
+
+/// What a recording callback changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingOutcome {
+    pub call_id: Uuid,
+    pub call_created: bool,
+    /// The post-call job was queued (or re-queued) by this callback.
+    pub job_enqueued: bool,
+}
+
+/// `node_id` of calls created by webhooks.
+pub const WEBHOOK_NODE: &str = "webhooks";
+
+/// Races between concurrent posts (a unique violation, a busy SQLite database): worth another
+/// try at once. An unreachable database is not retried here; the caller decides.
+fn is_retryable(err: &StoreError) -> bool {
+    let busy = matches!(err, StoreError::Database(_)) && err.is_transient();
+    busy || matches!(
+        err,
+        StoreError::Database(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _
+        ))
+    )
+}
+
+impl Store {
+    /// The tenant whose `inbound_token` this is.
+    pub async fn tenant_by_inbound_token(&self, token: &str) -> Result<Option<Tenant>, StoreError> {
+        let row: Option<TenantRow> = with_conn!(self, conn => {
+            tenants::table
+                .filter(tenants::inbound_token.eq(token))
+                .select(TenantRow::as_select())
+                .first(conn)
+                .await
+                .optional()?
+        });
+        Ok(row.map(Tenant::from))
+    }
+
+    /// The tenant that owns an E.164 number.
+    pub async fn tenant_by_phone_number(&self, e164: &str) -> Result<Option<Uuid>, StoreError> {
+        let id: Option<DbUuid> = with_conn!(self, conn => {
+            tenant_phone_numbers::table
+                .find(e164)
+                .select(tenant_phone_numbers::tenant_id)
+                .first(conn)
+                .await
+                .optional()?
+        });
+        Ok(id.map(|id| id.0))
+    }
+
+    /// Gives a number to a tenant (replacing an earlier owner).
+    pub async fn add_tenant_phone_number(
+        &self,
+        tenant_id: Uuid,
+        e164: &str,
+    ) -> Result<(), StoreError> {
+        let now = DbTime::from(Utc::now());
+        with_conn!(self, conn => {
+            diesel::insert_into(tenant_phone_numbers::table)
+                .values((
+                    tenant_phone_numbers::e164.eq(e164),
+                    tenant_phone_numbers::tenant_id.eq(DbUuid(tenant_id)),
+                    tenant_phone_numbers::created_at.eq(now),
+                ))
+                .on_conflict(tenant_phone_numbers::e164)
+                .do_update()
+                .set(tenant_phone_numbers::tenant_id.eq(DbUuid(tenant_id)))
+                .execute(conn)
+                .await?
+        });
+        Ok(())
+    }
+
+    /// Stores one posted dialogue turn: finds the conversation's live call (a call registered
+    /// beforehand with this external id is linked) or creates it, then appends the turn with
+    /// the next sequence number. The call row is locked first, so concurrent posts for one
+    /// conversation get 1, 2, 3… without gaps; a unique-violation race is retried. A turn
+    /// already stored (same speaker, text and time) is returned as it was.
+    pub async fn append_webhook_turn(
+        &self,
+        turn: &WebhookTurn,
+    ) -> Result<StoredWebhookTurn, StoreError> {
+        if turn.conversation_id.is_empty() || turn.conversation_id.len() > 256 {
+            return Err(StoreError::InvalidInput(
+                "conversation_id must be 1 to 256 characters".into(),
+            ));
+        }
+        let mut last = None;
+        for attempt in 0..60u32 {
+            match self.try_append_webhook_turn(turn).await {
+                Err(err) if is_retryable(&err) => {
+                    last = Some(err);
+                    let wait = 2 + fastrand::u64(..(5 * u64::from(attempt.min(20)) + 5));
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::InvalidInput("no attempt made".into())))
+    }
+
+    async fn live_call_for(&self, turn: &WebhookTurn) -> Result<(CallRow, bool), StoreError> {
+        let find = || async {
+            let row: Option<CallRow> = with_conn!(self, conn => {
+                calls::table
+                    .filter(calls::external_id.eq(&turn.conversation_id))
+                    .filter(calls::status.eq(CallStatus::Active.as_str()))
+                    .order(calls::started_at.asc())
+                    .select(CallRow::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?
+            });
+            Ok::<_, StoreError>(row)
+        };
+        if let Some(row) = find().await? {
+            return Ok((row, false));
+        }
+        // A conversation whose call has ended takes no more turns (no second call for it).
+        let ended: Option<(DbUuid, String)> = with_conn!(self, conn => {
+            calls::table
+                .filter(calls::external_id.eq(&turn.conversation_id))
+                .filter(calls::protocol.eq(turn.protocol.as_str()))
+                .filter(calls::status.ne(CallStatus::Active.as_str()))
+                .select((calls::id, calls::status))
+                .first(conn)
+                .await
+                .optional()?
+        });
+        if let Some((id, status)) = ended {
+            return Err(StoreError::CallNotActive {
+                call_id: id.0,
+                status: status.parse()?,
+            });
+        }
+        let new = NewCall {
+            id: None,
+            tenant_id: turn.tenant_id,
+            campaign_id: None,
+            lead_id: None,
+            phone_number: None,
+            external_id: Some(turn.conversation_id.clone()),
+            protocol: turn.protocol,
+            direction: Direction::Inbound,
+            started_at: turn.at,
+            media_metadata: None,
+        };
+        // Not this node's media: a restart's sweep of this node's live calls must not end a
+        // conversation the platform is still posting (the stale-call sweep still applies).
+        let row = new_call_row(&new, WEBHOOK_NODE);
+        let inserted = with_conn!(self, conn => {
+            diesel::insert_into(calls::table)
+                .values(&row)
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?
+        });
+        if inserted == 1 {
+            return Ok((row, true));
+        }
+        // Another request created it first.
+        find()
+            .await?
+            .map(|row| (row, false))
+            .ok_or_else(|| StoreError::InvalidInput("the conversation's call vanished".into()))
+    }
+
+    async fn try_append_webhook_turn(
+        &self,
+        turn: &WebhookTurn,
+    ) -> Result<StoredWebhookTurn, StoreError> {
+        let (call, call_created) = self.live_call_for(turn).await?;
+        let call_id = call.id;
+        let start_ms = (turn.at - call.started_at.0).num_milliseconds();
+        let now = DbTime::from(Utc::now());
+        let has_contact = call.lead_id.is_some();
+        let at = DbTime::from(turn.at.max(call.last_activity_at.0));
+        with_conn!(self, conn => {
+            conn.transaction(async |conn| {
+                // Lock the call row first: concurrent turns of one conversation queue here.
+                let touched = diesel::update(calls::table.find(call_id))
+                    .filter(calls::status.eq(CallStatus::Active.as_str()))
+                    .set((calls::last_activity_at.eq(at), calls::updated_at.eq(now)))
+                    .execute(conn)
+                    .await?;
+                if touched == 0 {
+                    return Err(StoreError::CallNotActive {
+                        call_id: call_id.0,
+                        status: CallStatus::Completed,
+                    });
+                }
+                let existing: Option<(DbUuid, i32)> = call_turns::table
+                    .filter(call_turns::call_id.eq(call_id))
+                    .filter(call_turns::speaker_label.eq(&turn.speaker_label))
+                    .filter(call_turns::text.eq(&turn.text))
+                    .filter(call_turns::start_ms.eq(start_ms))
+                    .select((call_turns::id, call_turns::seq))
+                    .first(conn)
+                    .await
+                    .optional()?;
+                if let Some((id, seq)) = existing {
+                    return Ok(StoredWebhookTurn {
+                        turn_id: id.0,
+                        call_id: call_id.0,
+                        seq,
+                        created: false,
+                        call_created,
+                        has_contact,
+                    });
+                }
+                let last: Option<i32> = call_turns::table
+                    .filter(call_turns::call_id.eq(call_id))
+                    .select(diesel::dsl::max(call_turns::seq))
+                    .first(conn)
+                    .await?;
+                let row = TurnRow {
+                    id: DbUuid(Uuid::new_v4()),
+                    call_id,
+                    seq: last.unwrap_or(0) + 1,
+                    speaker: turn.speaker.clone(),
+                    speaker_label: Some(turn.speaker_label.clone()),
+                    text: turn.text.clone(),
+                    is_final: true,
+                    start_ms: Some(start_ms),
+                    end_ms: None,
+                    confidence: None,
+                    source: TurnSource::Webhook.as_str().into(),
+                    created_at: now,
+                };
+                diesel::insert_into(call_turns::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+                Ok(StoredWebhookTurn {
+                    turn_id: row.id.0,
+                    call_id: call_id.0,
+                    seq: row.seq,
+                    created: true,
+                    call_created,
+                    has_contact,
+                })
+            })
+            .await
+        })
+    }
+
+    /// Saves a recording callback on its call (creating the call, ended, when this node never
+    /// saw it and the tenant is known) and, on `completed` for an ended call, queues the
+    /// post-call job — or re-queues a finished one — once per recording: a repeated callback
+    /// changes nothing.
+    pub async fn record_recording(
+        &self,
+        update: &RecordingUpdate,
+    ) -> Result<RecordingOutcome, StoreError> {
+        let now = Utc::now();
+        let existing: Option<CallRow> = with_conn!(self, conn => {
+            calls::table
+                .filter(calls::external_id.eq(&update.external_id))
+                .order(calls::started_at.desc())
+                .select(CallRow::as_select())
+                .first(conn)
+                .await
+                .optional()?
+        });
+        let (call_id, call_created) = match existing {
+            Some(row) => (row.id.0, false),
+            None => {
+                let tenant_id = update.tenant_for_unknown_call.ok_or_else(|| {
+                    StoreError::InvalidInput(format!(
+                        "no call {} and no tenant owns the called number",
+                        update.external_id
+                    ))
+                })?;
+                let seconds = update.duration_secs.unwrap_or(0).max(0);
+                let started = now - chrono::Duration::seconds(seconds);
+                let new = NewCall {
+                    id: None,
+                    tenant_id,
+                    campaign_id: None,
+                    lead_id: None,
+                    phone_number: update.phone_number.clone(),
+                    external_id: Some(update.external_id.clone()),
+                    protocol: update.protocol,
+                    direction: Direction::Inbound,
+                    started_at: started,
+                    media_metadata: None,
+                };
+                // Known only from its recording: the call is over.
+                let ended = DbTime::from(now);
+                let row = CallRow {
+                    status: CallStatus::Completed.as_str().into(),
+                    ended_at: Some(ended),
+                    last_activity_at: ended,
+                    duration_seconds: Some(seconds),
+                    end_reason: Some("recording_callback".into()),
+                    ..new_call_row(&new, &self.options().node_id)
+                };
+                with_conn!(self, conn => {
+                    diesel::insert_into(calls::table).values(&row).execute(conn).await?
+                });
+                (row.id.0, true)
+            }
+        };
+        let max_attempts = self.options().postcall_max_attempts;
+        let id = DbUuid(call_id);
+        let stamp = DbTime::from(now);
+        let job_enqueued = with_conn!(self, conn => {
+            conn.transaction(async |conn| {
+                let before: CallRow = calls::table.find(id).select(CallRow::as_select()).first(conn).await?;
+                let new_recording = before.recording_id.as_deref() != Some(update.recording_id.as_str());
+                diesel::update(calls::table.find(id))
+                    .set((
+                        calls::recording_id.eq(Some(&update.recording_id)),
+                        calls::recording_status.eq(Some(&update.status)),
+                        calls::updated_at.eq(stamp),
+                    ))
+                    .execute(conn)
+                    .await?;
+                if let Some(url) = &update.recording_url {
+                    diesel::update(calls::table.find(id))
+                        .set(calls::recording_url.eq(Some(url)))
+                        .execute(conn)
+                        .await?;
+                }
+                let ended = before.status != CallStatus::Active.as_str();
+                if update.status != "completed" || !ended {
+                    return Ok::<bool, StoreError>(false);
+                }
+                let key = format!("{JOB_KIND_POSTCALL}:{call_id}");
+                let job = JobRow {
+                    id: DbUuid(Uuid::new_v4()),
+                    kind: JOB_KIND_POSTCALL.into(),
+                    call_id: Some(id),
+                    dedupe_key: Some(key.clone()),
+                    payload: DbJson(json!({ "call_id": call_id, "recording_id": update.recording_id })),
+                    status: JOB_STATUS_QUEUED.into(),
+                    attempts: 0,
+                    max_attempts,
+                    run_at: stamp,
+                    locked_by: None,
+                    locked_at: None,
+                    lease_expires_at: None,
+                    last_error: None,
+                    created_at: stamp,
+                    updated_at: stamp,
+                };
+                let inserted = diesel::insert_into(jobs::table)
+                    .values(&job)
+                    .on_conflict(jobs::dedupe_key)
+                    .do_nothing()
+                    .execute(conn)
+                    .await?;
+                if inserted == 1 {
+                    return Ok(true);
+                }
+                if !new_recording {
+                    return Ok(false);
+                }
+                // A finished job runs again for the recording it did not have.
+                let requeued = diesel::update(jobs::table)
+                    .filter(jobs::dedupe_key.eq(&key))
+                    .filter(jobs::status.eq_any([JOB_STATUS_DONE, JOB_STATUS_DEAD]))
+                    .set((
+                        jobs::status.eq(JOB_STATUS_QUEUED),
+                        jobs::attempts.eq(0),
+                        jobs::run_at.eq(stamp),
+                        jobs::last_error.eq(None::<String>),
+                        jobs::updated_at.eq(stamp),
+                    ))
+                    .execute(conn)
+                    .await?;
+                Ok(requeued == 1)
+            })
+            .await?
+        });
+        Ok(RecordingOutcome {
+            call_id,
+            call_created,
+            job_enqueued,
+        })
+    }
+
+    /// Marks a call whose media never reached this node (a platform transcribed it) as ended at
+    /// `ended_at`, with the usual completion transaction.
+    pub async fn complete_external_call(
+        &self,
+        call_id: Uuid,
+        ended_at: DateTime<Utc>,
+        end_reason: &str,
+    ) -> Result<super::model::CompletionOutcome, StoreError> {
+        self.complete_call(
+            call_id,
+            &super::model::CallCompletion {
+                status: CallStatus::Completed,
+                ended_at,
+                end_reason: end_reason.into(),
+                pending_partial: None,
+                dtmf: None,
+                recording_url: None,
+            },
+        )
+        .await
+    }
+}

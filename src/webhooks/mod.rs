@@ -1,0 +1,169 @@
+//! Inbound webhooks: ElevenLabs dialogue turns and post-call transcripts, Twilio and Vonage
+//! recording callbacks. See docs/webhooks.md.
+//!
+//! Each route exists twice: `/webhooks/<platform>/…` for the default tenant
+//! (`webhooks.default_tenant_id`) and `/webhooks/{token}/<platform>/…` for the tenant whose
+//! `inbound_token` it is. Bodies are read raw (signatures are computed over the exact bytes)
+//! up to `webhooks.max_body_bytes`. Storage failures answer 500 after three attempts with
+//! exponential backoff, so the sender retries; a 2xx always means the data is stored.
+
+pub mod elevenlabs;
+pub mod recording;
+pub mod signature;
+
+use std::future::Future;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::store::{StoreError, Tenant};
+
+/// Settings of the inbound webhooks (`[webhooks]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Tenant of webhooks posted to the routes without a token (UUID; empty: refused).
+    pub default_tenant_id: String,
+    /// Public base URL (`https://host[:port]`) the senders call, for signatures computed over the
+    /// URL behind a proxy (Twilio); empty: taken from the request.
+    pub public_base_url: String,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Oldest accepted ElevenLabs signature timestamp, seconds.
+    pub signature_tolerance_secs: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            default_tenant_id: String::new(),
+            public_base_url: String::new(),
+            max_body_bytes: 1024 * 1024,
+            signature_tolerance_secs: 30 * 60,
+        }
+    }
+}
+
+/// A 4xx/5xx answer with a JSON `error`.
+pub fn error(status: actix_web::http::StatusCode, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": message.into() }))
+}
+
+fn bad_request(message: impl Into<String>) -> HttpResponse {
+    error(actix_web::http::StatusCode::BAD_REQUEST, message)
+}
+
+/// Reads the raw body, refusing more than `limit` bytes with a 400 naming the limit.
+pub async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, HttpResponse> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| bad_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(bad_request(format!("body larger than {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Which tenant a webhook is for: the route's token, or the default tenant. The lookup is
+/// retried like any storage step.
+pub async fn resolve_tenant(
+    state: &AppState,
+    token: Option<&str>,
+) -> Result<(Uuid, Option<Tenant>), HttpResponse> {
+    match token {
+        Some(token) => {
+            let (found, attempts) =
+                with_retries(|| state.store.tenant_by_inbound_token(token)).await;
+            match found {
+                Ok(Some(tenant)) => Ok((tenant.id, Some(tenant))),
+                Ok(None) => Err(error(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    "unknown webhook route",
+                )),
+                Err(err) => Err(storage_failed(&err, attempts)),
+            }
+        }
+        None => {
+            let Ok(id) = Uuid::parse_str(&state.webhooks.default_tenant_id) else {
+                return Err(bad_request(
+                    "no tenant: post to /webhooks/{token}/… or set webhooks.default_tenant_id",
+                ));
+            };
+            let (found, attempts) = with_retries(|| state.store.get_tenant(id)).await;
+            match found {
+                Ok(tenant) => Ok((id, tenant)),
+                Err(err) => Err(storage_failed(&err, attempts)),
+            }
+        }
+    }
+}
+
+/// Attempts at a storage operation before answering 500.
+pub const STORE_ATTEMPTS: u32 = 3;
+
+/// Runs `op` up to [`STORE_ATTEMPTS`] times, 100 ms then 200 ms apart, while it fails with a
+/// transient error. Returns the result and the attempts made.
+pub async fn with_retries<T, F, Fut>(mut op: F) -> (Result<T, StoreError>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(err) if err.is_transient() && attempt < STORE_ATTEMPTS => {
+                tracing::warn!(error = %err, attempt, "webhook storage failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
+                attempt += 1;
+            }
+            other => return (other, attempt),
+        }
+    }
+}
+
+/// The 500 answer after the attempts failed.
+pub fn storage_failed(err: &StoreError, attempts: u32) -> HttpResponse {
+    tracing::error!(error = %err, attempts, "webhook not stored");
+    HttpResponse::InternalServerError().json(json!({
+        "error": format!("storage failed: {err}"),
+        "attempts": attempts,
+    }))
+}
+
+/// Registers every webhook route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/webhooks/elevenlabs/transcription",
+        web::post().to(elevenlabs::default_route),
+    )
+    .route(
+        "/webhooks/{token}/elevenlabs/transcription",
+        web::post().to(elevenlabs::token_route),
+    )
+    .route(
+        "/webhooks/twilio/recording",
+        web::post().to(recording::twilio_default),
+    )
+    .route(
+        "/webhooks/{token}/twilio/recording",
+        web::post().to(recording::twilio_token),
+    )
+    .route(
+        "/webhooks/vonage/recording",
+        web::post().to(recording::vonage_default),
+    )
+    .route(
+        "/webhooks/{token}/vonage/recording",
+        web::post().to(recording::vonage_token),
+    );
+}
