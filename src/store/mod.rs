@@ -99,6 +99,10 @@ impl StoreError {
                 matches!(
                     kind,
                     diesel::result::DatabaseErrorKind::ClosedConnection
+                        // diesel-async's name for a PostgreSQL socket that went away
+                        // mid-query ("connection closed"): the pool drops that connection and
+                        // the next attempt gets a fresh one.
+                        | diesel::result::DatabaseErrorKind::UnableToSendCommand
                         | diesel::result::DatabaseErrorKind::SerializationFailure
                 ) || info.message().contains("database is locked")
             }
@@ -432,6 +436,19 @@ fn check_sqlite_parent(path: &std::path::Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_postgres_socket_is_transient_a_constraint_is_not() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let db = |kind, msg: &str| {
+            StoreError::Database(Error::DatabaseError(kind, Box::new(msg.to_owned())))
+        };
+        assert!(db(DatabaseErrorKind::UnableToSendCommand, "connection closed").is_transient());
+        assert!(db(DatabaseErrorKind::ClosedConnection, "closed").is_transient());
+        assert!(db(DatabaseErrorKind::Unknown, "database is locked").is_transient());
+        assert!(!db(DatabaseErrorKind::UniqueViolation, "duplicate key").is_transient());
+        assert!(!db(DatabaseErrorKind::Unknown, "syntax error").is_transient());
+    }
 
     #[test]
     fn parses_supported_schemes() {

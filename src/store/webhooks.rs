@@ -78,7 +78,15 @@ pub const WEBHOOK_NODE: &str = "webhooks";
 /// Races between concurrent posts (a unique violation, a busy SQLite database): worth another
 /// try at once. An unreachable database is not retried here; the caller decides.
 fn is_retryable(err: &StoreError) -> bool {
-    let busy = matches!(err, StoreError::Database(_)) && err.is_transient();
+    let busy = err.is_transient()
+        && !matches!(
+            err,
+            StoreError::Unavailable { .. }
+                | StoreError::Database(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UnableToSendCommand,
+                    _
+                ))
+        );
     busy || matches!(
         err,
         StoreError::Database(diesel::result::Error::DatabaseError(
