@@ -228,6 +228,8 @@ impl Application {
                 .configure(crate::webhooks::configure)
                 .service(api::list_calls)
                 .service(api::register_call)
+                .service(api::events)
+                .service(api::calls_by_external)
                 .service(api::get_call)
                 .service(api::transcript)
                 .service(api::hangup)

@@ -443,3 +443,172 @@ async fn metrics_parse_as_exposition_move_with_a_call_and_can_require_a_token() 
     );
     app.stop().await;
 }
+
+/// Reads `/api/v1/events` on a thread: each `data:` line's JSON, in arrival order.
+fn open_feed(port: u16, token: Option<&str>) -> Result<std::sync::mpsc::Receiver<Value>, u16> {
+    let mut request = ureq::get(format!("http://127.0.0.1:{port}/api/v1/events"));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::StatusCode(code)) => return Err(code),
+        Err(err) => panic!("{err}"),
+    };
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let reader = std::io::BufReader::new(response.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data: ") {
+                if tx.send(serde_json::from_str(data).unwrap()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Events until `n` calls have ended.
+fn events_until_ended(feed: &std::sync::mpsc::Receiver<Value>, n: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    while events
+        .iter()
+        .filter(|e: &&Value| e["type"] == "call.ended")
+        .count()
+        < n
+    {
+        let event = feed
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("feed went quiet after {events:?}"));
+        events.push(event);
+    }
+    events
+}
+
+#[actix_web::test]
+async fn the_event_feed_streams_each_tenants_calls_with_durable_finals() {
+    let app = TestApp::start(Backend::Sqlite, &[]).await;
+    let a = tenant(&app, "token-a").await;
+    let b = tenant(&app, "token-b").await;
+    let port = app.port;
+    let (admin_feed, a_feed, anonymous) = tokio::task::spawn_blocking(move || {
+        (
+            open_feed(port, Some(TOKEN)),
+            open_feed(port, Some("token-a")),
+            open_feed(port, None).map(|_| ()),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(anonymous, Err(401));
+    let (admin_feed, a_feed) = (admin_feed.unwrap(), a_feed.unwrap());
+
+    let external_a = Uuid::new_v4();
+    let mut call_a = VoiceClient::connect(app.port, external_a, &query(a)).await;
+    let id_a = call_a.wait_started().await;
+    let mut call_b = VoiceClient::connect(app.port, Uuid::new_v4(), &query(b)).await;
+    let id_b = call_b.wait_started().await;
+    call_a.send_audio(400, &tone()).await;
+    call_a.send_audio(100, &silence(100)).await;
+    call_b.send_audio(200, &tone()).await;
+    call_a.close(1000).await;
+    call_b.close(1000).await;
+    let log_a = call_a.finished().await;
+    call_b.finished().await;
+
+    let events = tokio::task::spawn_blocking(move || events_until_ended(&admin_feed, 2))
+        .await
+        .unwrap();
+    let of = |id: Uuid| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["call_id"] == id.to_string())
+            .collect()
+    };
+    // Per call: started, the finals in order (each one the client also got as durable), ended.
+    let a_events = of(id_a);
+    assert_eq!(a_events[0]["type"], "call.started");
+    assert_eq!(a_events[0]["protocol"], "voice");
+    assert_eq!(a_events[0]["external_id"], external_a.to_string());
+    let finals: Vec<(i64, String)> = a_events
+        .iter()
+        .filter(|e| e["type"] == "turn.final")
+        .map(|e| {
+            (
+                e["seq"].as_i64().unwrap(),
+                e["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let seqs: Vec<i64> = finals.iter().map(|f| f.0).collect();
+    assert_eq!(seqs, (1..=log_a.finals.len() as i64).collect::<Vec<_>>());
+    assert!(seqs.len() >= 2, "{a_events:?}");
+    let texts: Vec<String> = finals.into_iter().map(|f| f.1).collect();
+    let client_texts: Vec<String> = log_a.finals.iter().map(|f| f.1.clone()).collect();
+    assert_eq!(texts, client_texts);
+    let ended = a_events.last().unwrap();
+    assert_eq!(ended["type"], "call.ended");
+    assert_eq!(ended["turns"], seqs.len());
+    // Every final on the feed is a stored final (the hang-up also stored the pending partial,
+    // which is not a final and is not announced as one).
+    let stored = app.store().list_turns(id_a).await.unwrap();
+    let stored_finals: Vec<i64> = stored
+        .iter()
+        .filter(|t| t.is_final)
+        .map(|t| i64::from(t.seq))
+        .collect();
+    assert_eq!(stored_finals, seqs);
+    assert_eq!(of(id_b).last().unwrap()["type"], "call.ended");
+
+    // Tenant a's feed carries its call only.
+    let mine = tokio::task::spawn_blocking(move || events_until_ended(&a_feed, 1))
+        .await
+        .unwrap();
+    assert!(
+        mine.iter().all(|e| e["tenant_id"] == a.to_string()),
+        "{mine:?}"
+    );
+    assert_eq!(mine.len(), a_events.len());
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn mailbox_depths_and_process_figures_are_reported() {
+    let app = TestApp::start(Backend::Sqlite, &[]).await;
+    let a = tenant(&app, "token-a").await;
+    let mut call = VoiceClient::connect(app.port, Uuid::new_v4(), &query(a)).await;
+    call.wait_started().await;
+    call.send_audio(400, &tone()).await;
+    call.wait_finals(2).await;
+    let (_, live) = get(&app, "/api/v1/calls", Some(TOKEN)).await;
+    let mailbox = &live["calls"][0]["mailbox"];
+    // Every frame sent was taken by the STT actor by now (finals came after them); at least
+    // one frame waited at some point.
+    assert_eq!(mailbox["stt_audio"], 0, "{live}");
+    assert!(mailbox["stt_audio_peak"].as_i64().unwrap() >= 1, "{live}");
+    assert_eq!(mailbox["persister"], 0);
+    assert!(mailbox["outbound"].as_i64().is_some());
+    let (status, metrics) = common::http_get(app.port, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("callengine_mailbox_depth{mailbox=\"stt_audio\"} 0"),
+        "{metrics}"
+    );
+    for family in [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(metrics.contains(family), "{family} missing");
+    }
+    call.close(1000).await;
+    call.finished().await;
+    app.stop().await;
+}

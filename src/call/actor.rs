@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::end::EndReason;
+use super::events::LiveEvent;
 use super::limits::CallPermit;
 use super::outbound::Outbound;
 use super::registry::{ClaimExternal, Register, ReleaseExternal, Unregister};
@@ -29,7 +30,9 @@ use crate::persist::PersistTurn;
 use crate::persist::{
     FinishCall, PersistBacklog, Persister, StartCall, StartedCall, TurnsCommitted,
 };
-use crate::store::{CompletionOutcome, Direction, LinkOutcome, NewCall, Protocol, StoreError};
+use crate::store::{
+    CompletionOutcome, Direction, LinkOutcome, NewCall, NewTurn, Protocol, StoreError,
+};
 use crate::stt::actor::{SttActor, SttAudio, SttFinish, SttGaveUp, SttLinks, SttState, SttStatus};
 use crate::transcript::buffer::{FlushTranscript, PartialUpdate, TranscriptBuffer};
 
@@ -88,6 +91,21 @@ pub struct CallSnapshot {
     pub dtmf: String,
     /// True once audio ran far ahead of real time.
     pub audio_too_fast: bool,
+    /// Messages waiting in the call's mailboxes.
+    pub mailbox: MailboxDepths,
+}
+
+/// Messages waiting in a call's mailboxes (actix does not expose mailbox lengths: the call
+/// counts what it queues and its actors what they take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MailboxDepths {
+    /// Audio frames queued for the STT actors, now and at most so far.
+    pub stt_audio: i64,
+    pub stt_audio_peak: i64,
+    /// Events and the close queued for the client's socket writer.
+    pub outbound: i64,
+    /// Turns waiting for the database.
+    pub persister: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +152,8 @@ pub struct CallActor {
     frames_ok: prometheus_client::metrics::counter::Counter,
     frames_bad: prometheus_client::metrics::counter::Counter,
     frames_lost: prometheus_client::metrics::counter::Counter,
+    /// Frames waiting in this call's STT actors' mailboxes.
+    stt_mailbox: super::mailbox::Depth,
     /// Counted in `calls_active` (undone exactly once at the end).
     active_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
     /// One span per call (`call_id`, `tenant_id`, `protocol`), entered by every handler, so
@@ -183,10 +203,19 @@ impl CallActor {
             tenant_id = %params.tenant_id,
             protocol = %params.protocol,
         );
+        let stt_mailbox = super::mailbox::Depth::new(
+            deps.metrics
+                .mailbox_depth
+                .get_or_create(&crate::ops::metrics::MailboxLabels {
+                    mailbox: "stt_audio".into(),
+                })
+                .clone(),
+        );
         Self {
             frames_ok,
             frames_bad,
             frames_lost,
+            stt_mailbox,
             active_gauge: None,
             span,
             deps,
@@ -292,6 +321,7 @@ impl CallActor {
             let (provider, policy, links_tb) =
                 (provider.clone(), policy.clone(), transcript.clone());
             let (status, gave_up) = (me.clone().recipient(), me.clone().recipient());
+            let mailbox = self.stt_mailbox.clone();
             self.stt.push(actix::Supervisor::start(move |_| {
                 SttActor::new(
                     call_id,
@@ -301,6 +331,7 @@ impl CallActor {
                         transcript: links_tb,
                         status,
                         gave_up,
+                        mailbox: mailbox.clone(),
                     },
                 )
             }));
@@ -329,6 +360,12 @@ impl CallActor {
             "type": "call", "call_id": call_id, "status": "active",
             "linked": outcome == LinkOutcome::Linked,
         }));
+        self.deps.events.publish(LiveEvent::CallStarted {
+            call_id,
+            tenant_id: self.params.tenant_id,
+            protocol: self.params.protocol.to_string(),
+            external_id: self.params.external_id.clone(),
+        });
         let idle = self.deps.idle_timeout;
         ctx.run_interval(Duration::from_millis(250).min(idle), move |act, ctx| {
             if act.phase == Phase::Live
@@ -436,6 +473,7 @@ impl CallActor {
             .get(channel)
             .is_some_and(|stt| stt.try_send(SttAudio { pcm, millis }).is_ok());
         if delivered {
+            self.stt_mailbox.sent();
             self.frames_ok.inc();
         } else {
             self.counters.frames_dropped += 1;
@@ -607,12 +645,46 @@ impl CallActor {
             }
         }
         let (code, description) = reason.close();
+        if let Some(call_id) = self.call_id {
+            self.deps.events.publish(LiveEvent::CallEnded {
+                call_id,
+                tenant_id: self.params.tenant_id,
+                external_id: self.params.external_id.clone(),
+                reason: reason.code_name().into(),
+                turns: self.counters.turns,
+            });
+        }
         self.send_close(code, description);
         if let Some(call_id) = self.call_id {
             self.deps.registry.do_send(Unregister { call_id });
         }
         self.phase = Phase::Done;
         ctx.stop();
+    }
+
+    /// Tells the client and the event feed that `turn` is durable (only after its commit: a
+    /// client's `final` means the turn is stored).
+    fn announce_final(&mut self, turn: &NewTurn) {
+        if let (true, Some(call_id)) = (self.deps.events.listened(), self.call_id) {
+            self.deps.events.publish(LiveEvent::TurnFinal {
+                call_id,
+                tenant_id: self.params.tenant_id,
+                external_id: self.params.external_id.clone(),
+                seq: i64::from(turn.seq),
+                speaker: turn.speaker.clone(),
+                text: turn.text.clone(),
+                start_ms: turn.start_ms,
+                end_ms: turn.end_ms,
+            });
+        }
+        self.send_event(json!({
+            "type": "final",
+            "seq": turn.seq,
+            "text": turn.text,
+            "speaker": turn.speaker,
+            "start_ms": turn.start_ms,
+            "end_ms": turn.end_ms,
+        }));
     }
 
     fn snapshot(&self) -> CallSnapshot {
@@ -644,6 +716,12 @@ impl CallActor {
             frames_missing: c.frames_missing,
             dtmf: self.dtmf.clone(),
             audio_too_fast: c.audio_too_fast,
+            mailbox: MailboxDepths {
+                stt_audio: self.stt_mailbox.get(),
+                stt_audio_peak: self.stt_mailbox.peak(),
+                outbound: (self.out.max_capacity() - self.out.capacity()) as i64,
+                persister: c.unsent_turns as i64,
+            },
         }
     }
 }
@@ -698,6 +776,11 @@ impl Actor for CallActor {
         }
         Running::Stop
     }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Frames its STT actors never took leave the node's mailbox figure with the call.
+        self.stt_mailbox.release();
+    }
 }
 
 impl StreamHandler<MediaEvent> for CallActor {
@@ -745,16 +828,8 @@ impl Handler<TurnsCommitted> for CallActor {
             .unsent_turns
             .inc_by(msg.unsent as i64 - self.counters.unsent_turns as i64);
         self.counters.unsent_turns = msg.unsent;
-        for turn in msg.turns {
-            // Sent only after the commit: a client's `final` means the turn is durable.
-            self.send_event(json!({
-                "type": "final",
-                "seq": turn.seq,
-                "text": turn.text,
-                "speaker": turn.speaker,
-                "start_ms": turn.start_ms,
-                "end_ms": turn.end_ms,
-            }));
+        for turn in &msg.turns {
+            self.announce_final(turn);
         }
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod actor;
 pub mod end;
+pub mod events;
 pub mod limits;
+pub mod mailbox;
 pub mod outbound;
 pub mod recorder;
 pub mod registry;
@@ -65,6 +67,8 @@ pub struct CallDeps {
     pub recordings_dir: std::path::PathBuf,
     /// The call path's metrics.
     pub metrics: crate::ops::metrics::CallMetrics,
+    /// Live events of every call (`GET /api/v1/events`).
+    pub events: events::EventBus,
 }
 
 impl CallDeps {
@@ -101,6 +105,7 @@ impl CallDeps {
             max_unsent_turns: c.max_unsent_turns,
             recordings_dir: settings.data_dir.join("recordings"),
             metrics: crate::ops::metrics::CallMetrics::default(),
+            events: events::EventBus::default(),
         }
     }
 }

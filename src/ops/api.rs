@@ -169,6 +169,93 @@ pub async fn get_call(
     HttpResponse::Ok().json(json!({ "call": call, "live": live }))
 }
 
+/// `GET /api/v1/calls/by-external/{external_id}`: the calls (any protocol, live or ended) that
+/// arrived with this transport id — a Twilio CallSid, a Vonage or AudioSocket UUID, a
+/// conversation id — newest last.
+#[get("/api/v1/calls/by-external/{external_id}")]
+pub async fn calls_by_external(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
+    match state.store.calls_by_external_id(&path).await {
+        Ok(calls) => {
+            let visible: Vec<_> = calls
+                .into_iter()
+                .filter(|c| who.sees(c.tenant_id))
+                .collect();
+            HttpResponse::Ok().json(json!({ "calls": visible }))
+        }
+        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
+    }
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct EventsQuery {
+    pub call_id: Option<Uuid>,
+    pub tenant_id: Option<Uuid>,
+}
+
+/// Comment lines sent while no event comes, so proxies keep the stream open.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /api/v1/events[?call_id=…][&tenant_id=…]`: Server-Sent Events of the calls this caller
+/// sees on this node — `call.started`, `turn.final` (sent once the turn is committed),
+/// `call.ended` — as `event: <type>` / `data: <JSON>`. A reader that falls more than
+/// [`crate::call::events::CAPACITY`] events behind gets `event: lagged` with the number it
+/// missed instead of stalling the calls.
+#[get("/api/v1/events")]
+pub async fn events(
+    req: HttpRequest,
+    query: web::Query<EventsQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use tokio::sync::broadcast::error::RecvError;
+    let who = match caller(&req, &state).await {
+        Ok(who) => who,
+        Err(denied) => return *denied,
+    };
+    let filter = query.into_inner();
+    // Subscribed before the answer goes out: a client that has the headers misses nothing.
+    let receiver = state.calls.events.subscribe();
+    let hello = futures_util::stream::once(async {
+        Ok::<_, actix_web::Error>(web::Bytes::from_static(b": subscribed\n\n"))
+    });
+    let feed = futures_util::stream::unfold(receiver, move |mut receiver| async move {
+        loop {
+            let chunk = match tokio::time::timeout(KEEPALIVE, receiver.recv()).await {
+                Err(_) => web::Bytes::from_static(b": keep-alive\n\n"),
+                Ok(Ok(event)) => {
+                    let wanted = who.sees(event.tenant_id())
+                        && filter.call_id.is_none_or(|c| c == event.call_id())
+                        && filter.tenant_id.is_none_or(|t| t == event.tenant_id());
+                    if !wanted {
+                        continue;
+                    }
+                    let data = serde_json::to_string(&*event).unwrap_or_default();
+                    web::Bytes::from(format!("event: {}\ndata: {data}\n\n", event.name()))
+                }
+                Ok(Err(RecvError::Lagged(missed))) => web::Bytes::from(format!(
+                    "event: lagged\ndata: {{\"type\":\"lagged\",\"missed\":{missed}}}\n\n"
+                )),
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            return Some((Ok(chunk), receiver));
+        }
+    });
+    use futures_util::StreamExt as _;
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(hello.chain(feed))
+}
+
 /// Query of the transcript endpoint.
 #[derive(Debug, serde::Deserialize)]
 pub struct TranscriptQuery {

@@ -169,6 +169,12 @@ pub struct EndLabels {
     pub reason: String,
 }
 
+/// `mailbox` label: `stt_audio` (frames queued for a call's STT actor).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MailboxLabels {
+    pub mailbox: String,
+}
+
 /// `provider` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
@@ -200,6 +206,8 @@ pub struct CallMetrics {
     pub persist_lag_seconds: Histogram,
     /// Turns held in memory while the database is unreachable (sum over calls).
     pub unsent_turns: Gauge,
+    /// Messages waiting in the calls' actor mailboxes (sum over calls), by mailbox.
+    pub mailbox_depth: Family<MailboxLabels, Gauge>,
 }
 
 impl Default for CallMetrics {
@@ -215,6 +223,7 @@ impl Default for CallMetrics {
             turns_persisted: Counter::default(),
             persist_lag_seconds: lag_histogram(),
             unsent_turns: Gauge::default(),
+            mailbox_depth: Family::default(),
         }
     }
 }
@@ -281,6 +290,11 @@ impl CallMetrics {
             "Turns held in memory waiting for the database",
             self.unsent_turns.clone(),
         );
+        registry.register(
+            "mailbox_depth",
+            "Messages waiting in the call actors' mailboxes (sum over live calls)",
+            self.mailbox_depth.clone(),
+        );
     }
 }
 
@@ -343,13 +357,17 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("callengine");
+        // The process families keep their conventional unprefixed names; ours are
+        // `callengine_*`.
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(super::process::ProcessCollector));
+        let ours = registry.sub_registry_with_prefix("callengine");
         let whisper = WhisperMetrics::default();
-        whisper.register(&mut registry);
+        whisper.register(ours);
         let postcall = PostcallMetrics::default();
-        postcall.register(&mut registry);
+        postcall.register(ours);
         let calls = CallMetrics::default();
-        calls.register(&mut registry);
+        calls.register(ours);
         Self {
             registry,
             whisper,
@@ -423,5 +441,28 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn process_families_are_exposed_unprefixed() {
+        let text = Metrics::default().encode();
+        for family in [
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_threads ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(family), "{family} missing from {text}");
+        }
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        assert!(rss > 1e6, "{rss}");
+        assert!(!text.contains("callengine_process"), "{text}");
     }
 }

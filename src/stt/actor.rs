@@ -94,6 +94,8 @@ pub struct SttLinks {
     pub transcript: Addr<TranscriptBuffer>,
     pub status: Recipient<SttStatus>,
     pub gave_up: Recipient<SttGaveUp>,
+    /// Depth of this actor's audio mailbox, counted with the call actor that fills it.
+    pub mailbox: crate::call::mailbox::Depth,
 }
 
 /// Drives one call's provider stream.
@@ -304,6 +306,7 @@ impl Handler<SttAudio> for SttActor {
     type Result = ();
 
     fn handle(&mut self, msg: SttAudio, _ctx: &mut Self::Context) {
+        self.links.mailbox.taken();
         if self.finish_requested || self.state == SttState::Failed {
             return;
         }
