@@ -46,7 +46,7 @@ enum Command {
         beam: usize,
     },
     /// Open many concurrent simulated calls against a running engine and measure them.
-    Loadgen(callengine::loadgen::LoadgenArgs),
+    Loadgen(Box<callengine::loadgen::LoadgenArgs>),
 }
 
 #[derive(Subcommand)]
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     };
     telemetry::init(settings.log_format);
     if let Command::Loadgen(args) = cli.command {
-        return loadgen(args);
+        return loadgen(*args);
     }
     let result = actix_web::rt::System::new().block_on(async move {
         match cli.command {
@@ -119,7 +119,8 @@ fn loadgen(args: callengine::loadgen::LoadgenArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if report.failed_calls > 0 {
+    // Failed calls, lost or extra turns, or a feed that dropped events: never a quiet pass.
+    if report.failed_calls > 0 || !report.failures.is_empty() {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -1,13 +1,15 @@
-//! `callengine loadgen` against a real engine: concurrent calls over real WebSockets streaming
-//! espeak-ng speech paced in real time; the report is checked against the database.
+//! `callengine loadgen` against a real engine: concurrent calls over real WebSockets (and
+//! AudioSocket over TCP) streaming espeak-ng speech paced in real time, in every protocol; the
+//! report is checked against the database, and the generator's own verification through the
+//! API must agree.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::process::Command;
 
-use callengine::store::CallStatus;
-use common::voice::{silence, speech_pcm, TestApp};
+use callengine::store::{CallStatus, NewTenant};
+use common::voice::{silence, speech_pcm, TestApp, TOKEN};
 use common::Backend;
 
 fn write_wav(path: &std::path::Path, pcm: &[u8]) {
@@ -144,5 +146,139 @@ async fn a_missing_turn_fails_the_run() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    app.stop().await;
+}
+
+/// Vonage, Twilio, audio_fork and AudioSocket calls from the generator: each protocol's
+/// handshake and framing, finals from the event feed with their latency, and every call read
+/// back through the API (completed, exactly two turns, in order, the texts the feed showed).
+async fn carriers_are_driven_and_verified(backend: Backend) {
+    let tenant_id = uuid::Uuid::new_v4();
+    let id = tenant_id.to_string();
+    let app = TestApp::start(
+        backend,
+        &[
+            ("CALLENGINE_STT__SCRIPTED__MODE", "energy"),
+            ("CALLENGINE_MEDIA__AUDIOSOCKET_BIND", "127.0.0.1:0"),
+            ("CALLENGINE_MEDIA__AUDIOSOCKET_TENANT_ID", id.as_str()),
+        ],
+    )
+    .await;
+    app.store()
+        .insert_tenant(&NewTenant {
+            id: Some(tenant_id),
+            name: format!("load-{tenant_id}"),
+            media_open: true,
+            ..NewTenant::default()
+        })
+        .await
+        .unwrap();
+    let audiosocket = format!("127.0.0.1:{}", app.audiosocket_port.unwrap());
+    for protocol in ["vonage", "twilio", "audiofork", "audiosocket"] {
+        let (out, report) = run_loadgen(
+            app.port,
+            &[
+                "--protocol",
+                protocol,
+                "--audiosocket-addr",
+                &audiosocket,
+                "--tenant-id",
+                &id,
+                "--api-token",
+                TOKEN,
+                "--calls",
+                "2",
+                "--ramp-per-sec",
+                "20",
+                "--expect-turns",
+                "2",
+            ],
+        )
+        .await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{protocol}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(report["protocol"], protocol);
+        assert_eq!(report["failed_calls"], 0, "{protocol}: {stdout}");
+        assert_eq!(report["finals"], 4, "{protocol}: {stdout}");
+        assert_eq!(report["final_latency_ms"]["count"], 4, "{protocol}");
+        assert_eq!(report["verified_calls"], 2, "{protocol}");
+        assert_eq!(report["verified_ok"], 2, "{protocol}");
+        assert_eq!(report["feed_lagged"], 0);
+        assert!(stdout.contains("verified through the API: 2/2"), "{stdout}");
+        for result in report["results"].as_array().unwrap() {
+            let external = result["external_id"].as_str().unwrap();
+            let calls = app.store().calls_by_external_id(external).await.unwrap();
+            assert_eq!(calls.len(), 1, "{protocol} {external}");
+            assert_eq!(calls[0].protocol.to_string(), protocol);
+            assert_eq!(calls[0].status, CallStatus::Completed);
+            assert_eq!(calls[0].tenant_id, tenant_id);
+            let turns = app.store().list_turns(calls[0].id).await.unwrap();
+            assert_eq!(turns.len(), 2, "{protocol}");
+        }
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn carrier_protocols_are_driven_and_verified_on_sqlite() {
+    carriers_are_driven_and_verified(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn carrier_protocols_are_driven_and_verified_on_postgres() {
+    carriers_are_driven_and_verified(Backend::Postgres).await;
+}
+
+#[actix_web::test]
+async fn a_soak_keeps_slots_busy_and_reports_rss_over_time() {
+    let app = TestApp::start(
+        Backend::Sqlite,
+        &[("CALLENGINE_STT__SCRIPTED__MODE", "energy")],
+    )
+    .await;
+    // Two slots, six calls one after another in each slot's turn; engine figures from
+    // /metrics (no --pid).
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("call.wav");
+    let mut audio = silence(100);
+    audio.extend(speech_pcm("hello"));
+    write_wav(&wav, &audio);
+    let report = dir.path().join("report.json");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callengine"));
+    command
+        .env_remove("DATABASE_URL")
+        .args(["loadgen", "--url"])
+        .arg(format!("ws://127.0.0.1:{}", app.port))
+        .arg("--wav")
+        .arg(&wav)
+        .arg("--report")
+        .arg(&report)
+        .args(["--calls", "2", "--soak-calls", "6", "--expect-turns", "1"])
+        .args(["--tail-silence-ms", "800", "--api-token", TOKEN]);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["calls"], 6);
+    assert_eq!(report["concurrency"], 2);
+    assert_eq!(report["verified_ok"], 6);
+    assert_eq!(report["soak"]["calls_started"], 6);
+    assert!(
+        report["soak"]["rss_mb_baseline"].as_f64().unwrap() > 1.0,
+        "{report}"
+    );
+    assert!(report["engine"]["samples"].as_array().unwrap().len() >= 2);
+    assert!(stdout.contains("soak: 6 calls"), "{stdout}");
     app.stop().await;
 }

@@ -63,24 +63,8 @@ fn le_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
-/// G.711 μ-law encoder (the carrier side).
 fn mulaw(sample: i16) -> u8 {
-    let mut s = i32::from(sample);
-    let sign = if s < 0 {
-        s = -s;
-        0x80
-    } else {
-        0
-    };
-    s = s.min(32_635) + 0x84;
-    let mut exponent = 7;
-    let mut mask = 0x4000;
-    while s & mask == 0 && exponent > 0 {
-        exponent -= 1;
-        mask >>= 1;
-    }
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) | mantissa) as u8
+    callengine::audio::g711::linear_to_ulaw(sample)
 }
 
 async fn connect(port: u16, path: &str, headers: &[(&str, &str)]) -> Ws {

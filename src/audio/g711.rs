@@ -13,6 +13,29 @@ pub const fn ulaw_to_linear(byte: u8) -> i16 {
     }
 }
 
+/// s16 → μ-law byte (ITU-T G.711; the carrier side, used by the load generator).
+pub const fn linear_to_ulaw(sample: i16) -> u8 {
+    let mut s = sample as i32;
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    if s > 32_635 {
+        s = 32_635;
+    }
+    s += 0x84;
+    let mut exponent = 7;
+    let mut mask = 0x4000;
+    while s & mask == 0 && exponent > 0 {
+        exponent -= 1;
+        mask >>= 1;
+    }
+    let mantissa = (s >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) | mantissa) as u8
+}
+
 /// A-law byte → s16 (ITU-T G.711).
 pub const fn alaw_to_linear(byte: u8) -> i16 {
     let a = byte ^ 0x55;
@@ -64,6 +87,19 @@ pub fn decode_alaw(bytes: &[u8], out: &mut Vec<i16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ulaw_encoding_round_trips_within_a_quantisation_step() {
+        for sample in (i16::MIN..=i16::MAX).step_by(97) {
+            let back = i32::from(ulaw_to_linear(linear_to_ulaw(sample)));
+            let error = (back - i32::from(sample).clamp(-32_635, 32_635)).abs();
+            // μ-law steps grow with the magnitude: 1/16 of it at most, plus rounding.
+            let bound = (i32::from(sample).abs() / 16).max(8) + 1;
+            assert!(error <= bound, "{sample} -> {back}");
+        }
+        assert_eq!(linear_to_ulaw(0), 0xFF);
+        assert_eq!(ulaw_to_linear(linear_to_ulaw(0)), 0);
+    }
 
     #[test]
     fn ulaw_reference_points() {

@@ -1,16 +1,23 @@
-//! `callengine loadgen`: many concurrent simulated calls against a running engine, each
-//! streaming a WAV file paced every 20 ms, measured end to end.
+//! `callengine loadgen`: many concurrent simulated calls against a running engine, in any
+//! protocol it speaks, each streaming real speech paced every 20 ms, measured end to end and
+//! verified through the API afterwards.
 //!
-//! Per call: connect time, time to the engine's `call` event, send lag (how late each 20 ms
-//! frame went out against its absolute schedule — the schedule never drifts, a late frame does
-//! not push the next one back), and for every `final` the time from the moment the audio that
-//! ended the turn was sent (`end_ms` of the final on the call's audio clock) to the arrival of
-//! the event. The engine sends `final` only after the turn is committed, so that is durable
-//! end-to-end latency. Optionally samples the engine's CPU and RSS from `/proc/<pid>`.
+//! Per call: connect time, time to the call's start (`call` event on the generic socket, the
+//! feed's `call.started` for carriers), send lag (how late each 20 ms frame went out against
+//! its absolute schedule — the schedule never drifts, a late frame does not push the next one
+//! back), and for every `final` the time from the moment the audio that ended the turn was sent
+//! (`end_ms` on the call's audio clock) to the arrival of the event. The engine emits `final`
+//! only after the turn is committed, so that is durable end-to-end latency. The engine's CPU
+//! and RSS are sampled from `/proc/<pid>` or from its `/metrics` process figures.
 //!
-//! Protocol: the generic `/ws/voice/{external_uuid}` endpoint (s16le 16 kHz mono).
+//! Two shapes of run: a batch (`--calls N` started at `--ramp-per-sec`, each streaming once)
+//! and a soak (`--soak-secs`/`--soak-calls`: `--calls` slots kept busy, a new call starting as
+//! soon as one ends), which reports RSS over time so a leak shows as a slope.
 
+mod feed;
 mod stats;
+mod transport;
+mod verify;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,26 +25,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-pub use stats::{Percentiles, ProcessSample};
-
-/// 20 ms of s16le mono at 16 kHz.
-const FRAME_BYTES: usize = 640;
-const FRAME_MS: u64 = 20;
+pub use stats::{Percentiles, ProcessSample, SampleSource};
+pub use transport::{LoadProtocol, FRAME_BYTES, FRAME_MS};
 
 /// Options of one run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenArgs {
-    /// Engine base URL (`ws://host:port`).
+    /// Engine base URL (`ws://host:port`); the API is reached at the same host over HTTP.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
-    /// Concurrent calls.
+    /// Protocol the calls speak.
+    #[arg(long, value_enum, default_value_t = LoadProtocol::Voice)]
+    pub protocol: LoadProtocol,
+    /// AudioSocket listener of the engine (`media.audiosocket_bind`).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub audiosocket_addr: String,
+    /// Concurrent calls (in a soak: calls kept live at once).
     #[arg(long, default_value_t = 10)]
     pub calls: usize,
     /// Calls started per second while ramping up.
@@ -49,6 +55,9 @@ pub struct LoadgenArgs {
     /// Seconds each call streams audio (the WAV loops); default: the WAV once.
     #[arg(long)]
     pub call_secs: Option<f64>,
+    /// With `--call-secs`: each call lasts a random time between the two.
+    #[arg(long, requires = "call_secs")]
+    pub call_secs_max: Option<f64>,
     /// Silence streamed after the audio, so the engine hears the last utterance end.
     #[arg(long, default_value_t = 1_500)]
     pub tail_silence_ms: u64,
@@ -58,15 +67,31 @@ pub struct LoadgenArgs {
     /// Without `--expect-turns`: hang up once no final has come for this long after the audio.
     #[arg(long, default_value_t = 4_000)]
     pub quiet_ms: u64,
-    /// Finals every call must get (checked; a mismatch fails the run).
+    /// Finals every call must get (checked live and in the database; a mismatch fails the run).
     #[arg(long)]
     pub expect_turns: Option<usize>,
-    /// Tenant id sent with every call (default: a fresh one per run).
+    /// Tenant of every call (default: a fresh id, which only the generic socket accepts).
     #[arg(long)]
     pub tenant_id: Option<Uuid>,
-    /// Engine process id: sample its CPU and RSS from /proc while running.
+    /// The tenant's media token (carrier protocols: in-band or as a bearer token).
+    #[arg(long, env = "CALLENGINE_LOADGEN_MEDIA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// API token (admin, or the tenant's): the event feed carriers' finals come from, the
+    /// verification after the run, and `/metrics` when it is tokened.
+    #[arg(long, env = "CALLENGINE_LOADGEN_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Skip the verification through the API.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Engine process id: sample its CPU and RSS from /proc (else from its /metrics).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Soak: keep `--calls` calls running for this long, starting a new one as each ends.
+    #[arg(long)]
+    pub soak_secs: Option<f64>,
+    /// Soak: stop starting calls after this many.
+    #[arg(long)]
+    pub soak_calls: Option<usize>,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -75,13 +100,30 @@ pub struct LoadgenArgs {
     pub threads: usize,
 }
 
+impl LoadgenArgs {
+    fn soak(&self) -> bool {
+        self.soak_secs.is_some() || self.soak_calls.is_some()
+    }
+
+    /// `http://host:port` of the engine's API.
+    pub fn http_base(&self) -> String {
+        let url = self.url.trim_end_matches('/');
+        match url.split_once("://") {
+            Some(("wss", rest)) => format!("https://{rest}"),
+            Some((_, rest)) => format!("http://{rest}"),
+            None => format!("http://{url}"),
+        }
+    }
+}
+
 /// What one call saw.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct CallResult {
-    pub external_id: Uuid,
+    pub external_id: String,
     pub call_id: Option<Uuid>,
     pub connect_ms: Option<f64>,
     pub started_ms: Option<f64>,
+    pub audio_ms: u64,
     pub frames_sent: u64,
     /// Lateness of every frame, µs.
     #[serde(skip)]
@@ -92,6 +134,9 @@ pub struct CallResult {
     pub final_seqs: Vec<i64>,
     pub errors: Vec<String>,
     pub close_code: Option<u16>,
+    /// Checked through the API after the run (None: not checked).
+    pub verified: Option<bool>,
+    pub verify_error: Option<String>,
 }
 
 impl CallResult {
@@ -107,6 +152,9 @@ impl CallResult {
         if !in_order {
             return Some(format!("finals out of order: {:?}", self.final_seqs));
         }
+        if let Some(why) = &self.verify_error {
+            return Some(format!("verification: {why}"));
+        }
         match expect_turns {
             Some(n) if n != self.finals.len() => {
                 Some(format!("{} finals, expected {n}", self.finals.len()))
@@ -116,12 +164,29 @@ impl CallResult {
     }
 }
 
+/// RSS over a soak.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSummary {
+    pub calls_started: usize,
+    /// Engine RSS before the first call and after the last ended (+3 s).
+    pub rss_mb_baseline: f64,
+    pub rss_mb_after: f64,
+    pub rss_after_vs_baseline_percent: f64,
+    /// Least-squares slope of RSS over the second half of the soak (a leak shows here).
+    pub rss_slope_mb_per_hour: f64,
+}
+
 /// The whole run.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    pub protocol: LoadProtocol,
     pub calls: usize,
+    pub concurrency: usize,
     pub failed_calls: usize,
     pub failures: Vec<String>,
+    /// Calls checked through the API after the run, and how many of them matched.
+    pub verified_calls: usize,
+    pub verified_ok: usize,
     pub audio_secs_per_call: f64,
     pub wall_secs: f64,
     pub connect_ms: Percentiles,
@@ -130,8 +195,11 @@ pub struct Report {
     pub final_latency_ms: Percentiles,
     pub frames_sent: u64,
     pub finals: usize,
+    /// Feed events the engine dropped because the load generator fell behind.
+    pub feed_lagged: u64,
     pub close_codes: std::collections::BTreeMap<String, usize>,
     pub engine: Option<stats::ProcessSummary>,
+    pub soak: Option<SoakSummary>,
     pub results: Vec<CallResult>,
 }
 
@@ -139,8 +207,13 @@ impl Report {
     /// Human summary.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "{} calls ({} failed) in {:.1} s, {:.1} s of audio each\n",
-            self.calls, self.failed_calls, self.wall_secs, self.audio_secs_per_call
+            "{} {} calls ({} concurrent, {} failed) in {:.1} s, {:.1} s of audio each\n",
+            self.calls,
+            self.protocol.engine_name(),
+            self.concurrency,
+            self.failed_calls,
+            self.wall_secs,
+            self.audio_secs_per_call
         );
         out += &format!("  connect        {}\n", self.connect_ms);
         out += &format!("  call started   {}\n", self.started_ms);
@@ -150,13 +223,38 @@ impl Report {
             "  frames sent {}, finals {}, close codes {:?}\n",
             self.frames_sent, self.finals, self.close_codes
         );
+        if self.verified_calls > 0 {
+            out += &format!(
+                "  verified through the API: {}/{} calls completed with exactly their turns, in order\n",
+                self.verified_ok, self.verified_calls
+            );
+        } else {
+            out += "  NOT verified through the API (no --api-token, or --no-verify)\n";
+        }
+        if self.feed_lagged > 0 {
+            out += &format!(
+                "  FEED LAGGED: the engine dropped {} events for this reader\n",
+                self.feed_lagged
+            );
+        }
         if let Some(engine) = &self.engine {
             out += &format!(
-                "  engine: CPU {:.0}% avg / {:.0}% max of one core, RSS {:.1} MB at start, {:.1} MB max\n",
+                "  engine: CPU {:.0}% avg / {:.0}% max of one core, RSS {:.1} MB at start, {:.1} MB max, {:.1} MB at end\n",
                 engine.cpu_percent_avg,
                 engine.cpu_percent_max,
                 engine.rss_mb_start,
-                engine.rss_mb_max
+                engine.rss_mb_max,
+                engine.rss_mb_end
+            );
+        }
+        if let Some(soak) = &self.soak {
+            out += &format!(
+                "  soak: {} calls, RSS {:.1} MB before → {:.1} MB after ({:+.1}%), slope {:+.2} MB/h over the second half\n",
+                soak.calls_started,
+                soak.rss_mb_baseline,
+                soak.rss_mb_after,
+                soak.rss_after_vs_baseline_percent,
+                soak.rss_slope_mb_per_hour
             );
         }
         // A handful of calls: show what the engine heard (a quick check of real speech).
@@ -169,6 +267,9 @@ impl Report {
         }
         for failure in self.failures.iter().take(10) {
             out += &format!("  FAILED {failure}\n");
+        }
+        if self.failures.len() > 10 {
+            out += &format!("  … and {} more failed calls\n", self.failures.len() - 10);
         }
         out
     }
@@ -207,103 +308,209 @@ struct Progress {
 /// Runs the load on a runtime of its own and returns the report.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     let audio = load_audio(&args.wav)?;
+    if args.protocol != LoadProtocol::Voice && args.api_token.is_none() {
+        tracing::warn!(
+            "carrier protocols get no events on their own connection: without --api-token no finals are measured and nothing is verified"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(args, audio))
+    let mut report = runtime.block_on(run_async(&args, audio))?;
+    if let (Some(token), false) = (&args.api_token, args.no_verify) {
+        eprintln!("verifying {} calls through the API…", report.results.len());
+        verify::check_all(
+            &mut report.results,
+            &args.http_base(),
+            token,
+            args.protocol.engine_name(),
+            args.expect_turns,
+            4,
+        );
+        finish_report(&mut report, args.expect_turns);
+    }
+    Ok(report)
 }
 
-async fn run_async(args: LoadgenArgs, audio: Bytes) -> anyhow::Result<Report> {
-    let audio_ms = match args.call_secs {
-        Some(secs) => (secs * 1000.0) as u64 / FRAME_MS * FRAME_MS,
-        None => audio.len() as u64 / 32,
+async fn run_async(args: &LoadgenArgs, audio: Bytes) -> anyhow::Result<Report> {
+    let clip_ms = audio.len() as u64 / 32;
+    let feed = match (&args.api_token, args.protocol.events_on_socket()) {
+        (Some(token), false) => Some(feed::Feed::subscribe(&args.http_base(), token)?),
+        _ => None,
     };
     let plan = Arc::new(CallPlan {
+        protocol: args.protocol,
         base: args.url.trim_end_matches('/').to_string(),
+        audiosocket_addr: args.audiosocket_addr.clone(),
         tenant_id: args.tenant_id.unwrap_or_else(Uuid::new_v4),
-        audio,
-        audio_ms,
+        token: args.token.clone(),
+        frames: transport::Frames::encode(args.protocol, &audio),
+        audio_ms: (
+            args.call_secs.map_or(clip_ms, |s| (s * 1000.0) as u64),
+            args.call_secs_max.map(|s| (s * 1000.0) as u64),
+        ),
         tail_ms: args.tail_silence_ms / FRAME_MS * FRAME_MS,
         final_wait: Duration::from_secs(args.final_wait_secs),
         quiet: Duration::from_millis(args.quiet_ms),
         expect_turns: args.expect_turns,
+        feed: feed.clone(),
     });
+    let source = match args.pid {
+        Some(pid) => Some(SampleSource::Pid(pid)),
+        None => Some(SampleSource::Metrics {
+            url: format!("{}/metrics", args.http_base()),
+            token: args.api_token.clone(),
+        }),
+    };
+    let sampler = source.map(stats::ProcessSampler::start);
+    // The sampler's first reading is the baseline: let it land before the first call.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let progress = Arc::new(Progress::default());
-    let sampler = args.pid.map(stats::ProcessSampler::start);
     let began = Instant::now();
-    let reporter = tokio::spawn(report_progress(progress.clone(), args.calls));
-    let mut tasks = Vec::with_capacity(args.calls);
+    let deadline = args.soak_secs.map(|s| began + Duration::from_secs_f64(s));
+    let budget = Arc::new(AtomicUsize::new(match (args.soak(), args.soak_calls) {
+        (true, Some(n)) => n,
+        (true, None) => usize::MAX,
+        (false, _) => args.calls,
+    }));
+    let total_hint = if args.soak() {
+        args.soak_calls.unwrap_or(0)
+    } else {
+        args.calls
+    };
+    let reporter = tokio::spawn(report_progress(progress.clone(), total_hint));
+    let mut slots = Vec::with_capacity(args.calls);
     let gap = Duration::from_secs_f64(1.0 / args.ramp_per_sec.max(0.001));
     for index in 0..args.calls {
         tokio::time::sleep_until((began + gap * index as u32).into()).await;
-        let (plan, progress) = (plan.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move {
-            progress.started.fetch_add(1, Ordering::Relaxed);
-            progress.live.fetch_add(1, Ordering::Relaxed);
-            let result = one_call(&plan, &progress).await;
-            progress.live.fetch_sub(1, Ordering::Relaxed);
-            progress.done.fetch_add(1, Ordering::Relaxed);
-            if result.failed(plan.expect_turns).is_some() {
-                progress.failed.fetch_add(1, Ordering::Relaxed);
+        let (plan, progress, budget) = (plan.clone(), progress.clone(), budget.clone());
+        slots.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            // A slot runs calls one after another while the budget and the clock allow (a
+            // batch has a budget of one call per slot).
+            while deadline.is_none_or(|d| Instant::now() < d)
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                progress.started.fetch_add(1, Ordering::Relaxed);
+                progress.live.fetch_add(1, Ordering::Relaxed);
+                let result = one_call(&plan, &progress).await;
+                progress.live.fetch_sub(1, Ordering::Relaxed);
+                progress.done.fetch_add(1, Ordering::Relaxed);
+                if result.failed(plan.expect_turns).is_some() {
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                results.push(result);
             }
-            result
+            results
         }));
     }
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(task.await?);
+    let mut results = Vec::new();
+    for slot in slots {
+        results.extend(slot.await?);
     }
     reporter.abort();
     eprintln!();
+    let wall_secs = began.elapsed().as_secs_f64();
+    // The engine has a moment to finish the last calls before the final reading.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let engine = sampler.map(|s| s.finish());
-    Ok(build_report(
-        results,
-        &plan,
-        began.elapsed().as_secs_f64(),
+    let soak = match (&engine, args.soak()) {
+        (Some(engine), true) => Some(soak_summary(engine, results.len(), wall_secs)),
+        _ => None,
+    };
+    let mut report = Report {
+        protocol: args.protocol,
+        calls: results.len(),
+        concurrency: args.calls,
+        failed_calls: 0,
+        failures: Vec::new(),
+        verified_calls: 0,
+        verified_ok: 0,
+        audio_secs_per_call: results.iter().map(|r| r.audio_ms).sum::<u64>() as f64
+            / 1000.0
+            / results.len().max(1) as f64,
+        wall_secs,
+        connect_ms: Percentiles::of(results.iter().filter_map(|r| r.connect_ms).collect()),
+        started_ms: Percentiles::of(results.iter().filter_map(|r| r.started_ms).collect()),
+        send_lag_ms: Percentiles::of(
+            results
+                .iter()
+                .flat_map(|r| r.send_lag_us.iter().map(|us| f64::from(*us) / 1000.0))
+                .collect(),
+        ),
+        final_latency_ms: Percentiles::of(
+            results
+                .iter()
+                .flat_map(|r| r.final_latency_ms.iter().copied())
+                .collect(),
+        ),
+        frames_sent: results.iter().map(|r| r.frames_sent).sum(),
+        finals: results.iter().map(|r| r.finals.len()).sum(),
+        feed_lagged: feed.map_or(0, |f| f.lagged.load(Ordering::Relaxed)),
+        close_codes: std::collections::BTreeMap::new(),
         engine,
-    ))
+        soak,
+        results,
+    };
+    for r in &report.results {
+        let code = r.close_code.map_or("none".into(), |c| c.to_string());
+        *report.close_codes.entry(code).or_insert(0) += 1;
+    }
+    finish_report(&mut report, args.expect_turns);
+    Ok(report)
 }
 
-fn build_report(
-    results: Vec<CallResult>,
-    plan: &CallPlan,
-    wall_secs: f64,
-    engine: Option<stats::ProcessSummary>,
-) -> Report {
-    let failures: Vec<String> = results
+/// Failures and verification counts from the per-call results.
+fn finish_report(report: &mut Report, expect_turns: Option<usize>) {
+    report.failures = report
+        .results
         .iter()
         .filter_map(|r| {
-            r.failed(plan.expect_turns)
+            r.failed(expect_turns)
                 .map(|why| format!("{}: {why}", r.external_id))
         })
         .collect();
-    let mut lags: Vec<f64> = Vec::new();
-    let mut finals: Vec<f64> = Vec::new();
-    let mut close_codes = std::collections::BTreeMap::new();
-    for r in &results {
-        lags.extend(r.send_lag_us.iter().map(|us| f64::from(*us) / 1000.0));
-        finals.extend(&r.final_latency_ms);
-        let code = r.close_code.map_or("none".into(), |c| c.to_string());
-        *close_codes.entry(code).or_insert(0) += 1;
+    if report.feed_lagged > 0 {
+        report.failures.push(format!(
+            "the event feed lost {} events: latency and turn counts are incomplete",
+            report.feed_lagged
+        ));
     }
-    let pick =
-        |f: fn(&CallResult) -> Option<f64>| -> Vec<f64> { results.iter().filter_map(f).collect() };
-    Report {
-        calls: results.len(),
-        failed_calls: failures.len(),
-        failures,
-        audio_secs_per_call: plan.audio_ms as f64 / 1000.0,
-        wall_secs,
-        connect_ms: Percentiles::of(pick(|r| r.connect_ms)),
-        started_ms: Percentiles::of(pick(|r| r.started_ms)),
-        send_lag_ms: Percentiles::of(lags),
-        final_latency_ms: Percentiles::of(finals),
-        frames_sent: results.iter().map(|r| r.frames_sent).sum(),
-        finals: results.iter().map(|r| r.finals.len()).sum(),
-        close_codes,
-        engine,
-        results,
+    report.failed_calls = report
+        .results
+        .iter()
+        .filter(|r| r.failed(expect_turns).is_some())
+        .count();
+    report.verified_calls = report
+        .results
+        .iter()
+        .filter(|r| r.verified.is_some())
+        .count();
+    report.verified_ok = report
+        .results
+        .iter()
+        .filter(|r| r.verified == Some(true))
+        .count();
+}
+
+fn soak_summary(engine: &stats::ProcessSummary, calls: usize, wall_secs: f64) -> SoakSummary {
+    let half: Vec<(f64, f64)> = engine
+        .samples
+        .iter()
+        .filter(|s| s.at_s >= wall_secs / 2.0 && s.at_s <= wall_secs)
+        .map(|s| (s.at_s, s.rss_mb))
+        .collect();
+    let slope_per_s = stats::slope(&half);
+    SoakSummary {
+        calls_started: calls,
+        rss_mb_baseline: engine.rss_mb_start,
+        rss_mb_after: engine.rss_mb_end,
+        rss_after_vs_baseline_percent: (engine.rss_mb_end / engine.rss_mb_start.max(0.001) - 1.0)
+            * 100.0,
+        rss_slope_mb_per_hour: slope_per_s * 3600.0,
     }
 }
 
@@ -314,14 +521,16 @@ async fn report_progress(progress: Arc<Progress>, total: usize) {
         let p = &progress;
         let done = p.done.load(Ordering::Relaxed);
         let width = 30;
-        let filled = (done * width)
-            .checked_div(total)
-            .unwrap_or(width)
-            .min(width);
+        let filled = (done * width).checked_div(total).unwrap_or(0).min(width);
         eprint!(
-            "\r[{}{}] {done}/{total} done, {} live, {} failed, {} frames, {} finals   ",
+            "\r[{}{}] {done}/{} done, {} live, {} failed, {} frames, {} finals   ",
             "#".repeat(filled),
             "-".repeat(width - filled),
+            if total == 0 {
+                "∞".to_string()
+            } else {
+                total.to_string()
+            },
             p.live.load(Ordering::Relaxed),
             p.failed.load(Ordering::Relaxed),
             p.frames.load(Ordering::Relaxed),
@@ -331,18 +540,34 @@ async fn report_progress(progress: Arc<Progress>, total: usize) {
 }
 
 struct CallPlan {
+    protocol: LoadProtocol,
     base: String,
+    audiosocket_addr: String,
     tenant_id: Uuid,
-    audio: Bytes,
-    audio_ms: u64,
+    token: Option<String>,
+    frames: transport::Frames,
+    /// Audio per call: fixed, or a random length up to the second figure.
+    audio_ms: (u64, Option<u64>),
     tail_ms: u64,
     final_wait: Duration,
     quiet: Duration,
     expect_turns: Option<usize>,
+    feed: Option<feed::Feed>,
 }
 
-/// One event the reader saw.
-enum Seen {
+impl CallPlan {
+    fn pick_audio_ms(&self) -> u64 {
+        let ms = match self.audio_ms {
+            (min, Some(max)) if max > min => fastrand::u64(min..=max),
+            (ms, _) => ms,
+        };
+        ms / FRAME_MS * FRAME_MS
+    }
+}
+
+/// One event a call saw, from its socket or the feed.
+#[derive(Debug)]
+pub(crate) enum Seen {
     Started(Uuid),
     Final {
         seq: i64,
@@ -350,81 +575,66 @@ enum Seen {
         end_ms: Option<i64>,
     },
     Error(String),
+    Ended,
 }
 
 async fn one_call(plan: &CallPlan, progress: &Progress) -> CallResult {
-    let external_id = Uuid::new_v4();
+    let external_id = plan.protocol.new_external_id();
+    let audio_ms = plan.pick_audio_ms();
     let mut result = CallResult {
-        external_id,
+        external_id: external_id.clone(),
+        audio_ms,
         ..CallResult::default()
     };
-    let url = format!(
-        "{}/ws/voice/{external_id}?tenant_id={}&campaign_id={}&lead_id={}",
-        plan.base,
-        plan.tenant_id,
-        Uuid::new_v4(),
-        Uuid::new_v4()
-    );
+    let (socket_tx, socket_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Seen)>();
+    // Carriers' events come from the feed: routed before connecting, so none is missed.
+    let mut seen_rx = match &plan.feed {
+        Some(feed) => feed.expect(&external_id),
+        None => socket_rx,
+    };
+    let ids = transport::CallIds {
+        external_id: &external_id,
+        tenant_id: plan.tenant_id,
+        token: plan.token.as_deref(),
+    };
     let began = Instant::now();
-    let ws = match tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url.as_str()),
+    let link = transport::Link::open(
+        plan.protocol,
+        &plan.base,
+        &plan.audiosocket_addr,
+        &ids,
+        Some(socket_tx),
     )
-    .await
-    {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(err)) => {
-            result.errors.push(format!("connect: {err}"));
-            return result;
-        }
-        Err(_) => {
-            result.errors.push("connect timed out".into());
+    .await;
+    let mut link = match link {
+        Ok(link) => link,
+        Err(err) => {
+            result.errors.push(err);
+            forget(plan, &external_id);
             return result;
         }
     };
     result.connect_ms = Some(began.elapsed().as_secs_f64() * 1000.0);
-    let (mut sink, mut stream) = ws.split();
+    let mut pending = Vec::new();
 
-    // Reader: events with arrival times, and the close code.
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Seen)>();
-    let reader = tokio::spawn(async move {
-        let mut close = None;
-        while let Some(message) = stream.next().await {
-            let Ok(message) = message else { break };
-            let at = Instant::now();
-            match message {
-                Message::Text(text) => {
-                    if let Some(seen) = parse_event(&text) {
-                        let _ = seen_tx.send((at, seen));
-                    }
-                }
-                Message::Close(frame) => {
-                    close = Some(frame.map_or(1005, |f| u16::from(f.code)));
-                    break;
-                }
-                _ => {}
+    // The generic socket answers with a `call` event before audio is welcome; carriers stream
+    // at once (their start shows on the feed meanwhile).
+    if plan.protocol.events_on_socket() {
+        match tokio::time::timeout(Duration::from_secs(10), seen_rx.recv()).await {
+            Ok(Some((at, Seen::Started(call_id)))) => {
+                result.call_id = Some(call_id);
+                result.started_ms = Some(at.duration_since(began).as_secs_f64() * 1000.0);
             }
+            Ok(Some((_, Seen::Error(e)))) => result.errors.push(e),
+            _ => result.errors.push("no call event within 10 s".into()),
         }
-        close
-    });
-
-    // Wait for the engine's `call` event before streaming.
-    match tokio::time::timeout(Duration::from_secs(10), seen_rx.recv()).await {
-        Ok(Some((at, Seen::Started(call_id)))) => {
-            result.call_id = Some(call_id);
-            result.started_ms = Some(at.duration_since(began).as_secs_f64() * 1000.0);
-        }
-        Ok(Some((_, Seen::Error(e)))) => result.errors.push(e),
-        _ => result.errors.push("no call event within 10 s".into()),
     }
 
-    let mut finals_seen = Vec::new();
+    let total_ms = audio_ms + plan.tail_ms;
+    let frames = total_ms / FRAME_MS;
+    let clip_frames = plan.frames.clip_frames().max(1);
+    let start = Instant::now();
     if result.errors.is_empty() {
-        let total_ms = plan.audio_ms + plan.tail_ms;
-        let frames = total_ms / FRAME_MS;
-        let clip_frames = (plan.audio.len() / FRAME_BYTES) as u64;
-        let silence = Bytes::from(vec![0u8; FRAME_BYTES]);
-        let start = Instant::now();
         result.send_lag_us.reserve(frames as usize);
         for k in 0..frames {
             let due = start + Duration::from_millis(k * FRAME_MS);
@@ -433,83 +643,119 @@ async fn one_call(plan: &CallPlan, progress: &Progress) -> CallResult {
             result
                 .send_lag_us
                 .push(lag.as_micros().min(u128::from(u32::MAX)) as u32);
-            let frame = if k * FRAME_MS < plan.audio_ms {
-                let at = ((k % clip_frames) as usize) * FRAME_BYTES;
-                plan.audio.slice(at..at + FRAME_BYTES)
-            } else {
-                silence.clone()
-            };
-            if let Err(err) = sink.send(Message::Binary(frame)).await {
-                result.errors.push(format!("send: {err}"));
+            let clip_index = (k * FRAME_MS < audio_ms).then_some(k % clip_frames);
+            if let Err(err) = link.send_frame(&plan.frames, k, clip_index).await {
+                result.errors.push(err);
                 break;
             }
             result.frames_sent += 1;
             progress.frames.fetch_add(1, Ordering::Relaxed);
             while let Ok(seen) = seen_rx.try_recv() {
-                finals_seen.push(seen);
+                pending.push(seen);
             }
         }
         // Outstanding finals: until the expected count, or quiet for the wait.
-        let deadline = Instant::now() + plan.final_wait;
+        let listening = plan.protocol.events_on_socket() || plan.feed.is_some();
+        if listening {
+            wait_for_finals(plan, &mut seen_rx, &mut pending).await;
+        }
+    }
+    match link.finish(result.frames_sent).await {
+        Ok(code) => result.close_code = code,
+        Err(err) => result.errors.push(err),
+    }
+    // Finals the engine flushed while finishing still count: on the generic socket they came
+    // before the close; on the feed they come before `call.ended`.
+    if plan.feed.is_some() {
+        let until = Instant::now() + Duration::from_secs(15);
         loop {
-            let finals = finals_seen
-                .iter()
-                .filter(|(_, s)| matches!(s, Seen::Final { .. }))
-                .count();
-            if plan.expect_turns.is_some_and(|n| finals >= n) || Instant::now() >= deadline {
+            while let Ok(seen) = seen_rx.try_recv() {
+                pending.push(seen);
+            }
+            if pending.iter().any(|(_, s)| matches!(s, Seen::Ended)) {
                 break;
             }
-            let wait = match plan.expect_turns {
-                Some(_) => deadline.saturating_duration_since(Instant::now()),
-                // Without an expected count: a short quiet spell ends the wait.
-                None => plan.quiet.min(deadline - Instant::now()),
-            };
-            match tokio::time::timeout(wait, seen_rx.recv()).await {
-                Ok(Some(seen)) => finals_seen.push(seen),
-                _ if plan.expect_turns.is_none() => break,
-                _ => {}
-            }
-        }
-        for (at, seen) in finals_seen {
-            match seen {
-                Seen::Final { seq, text, end_ms } => {
-                    if let Some(end_ms) = end_ms {
-                        let sent = start + Duration::from_millis(end_ms.max(0) as u64);
-                        result
-                            .final_latency_ms
-                            .push(at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
-                    }
-                    result.final_seqs.push(seq);
-                    result.finals.push(text);
-                    progress.finals.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout_at(until.into(), seen_rx.recv()).await {
+                Ok(Some(seen)) => pending.push(seen),
+                _ => {
+                    result
+                        .errors
+                        .push("no call.ended on the feed within 15 s".into());
+                    break;
                 }
-                Seen::Error(e) => result.errors.push(e),
-                Seen::Started(_) => {}
             }
         }
+    } else {
+        while let Ok(seen) = seen_rx.try_recv() {
+            pending.push(seen);
+        }
     }
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "loadgen done".into(),
-        })))
-        .await;
-    // Finals the engine flushed while finishing still count.
-    match tokio::time::timeout(Duration::from_secs(15), reader).await {
-        Ok(Ok(code)) => result.close_code = code,
-        _ => result
-            .errors
-            .push("no close from the engine within 15 s".into()),
-    }
-    while let Ok((_, seen)) = seen_rx.try_recv() {
-        if let Seen::Final { seq, text, .. } = seen {
-            result.final_seqs.push(seq);
-            result.finals.push(text);
+    forget(plan, &external_id);
+    for (at, seen) in pending {
+        match seen {
+            Seen::Started(call_id) => {
+                result.call_id = Some(call_id);
+                if result.started_ms.is_none() {
+                    result.started_ms = Some(at.duration_since(began).as_secs_f64() * 1000.0);
+                }
+            }
+            Seen::Final { seq, text, end_ms } => {
+                if let Some(end_ms) = end_ms {
+                    let sent = start + Duration::from_millis(end_ms.max(0) as u64);
+                    result
+                        .final_latency_ms
+                        .push(at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+                }
+                result.final_seqs.push(seq);
+                result.finals.push(text);
+                progress.finals.fetch_add(1, Ordering::Relaxed);
+            }
+            Seen::Error(e) => result.errors.push(e),
+            Seen::Ended => {}
         }
     }
     result
 }
 
+/// After the audio: until the expected number of finals, or (without one) a quiet spell, or
+/// the deadline, or the end of the events.
+async fn wait_for_finals(
+    plan: &CallPlan,
+    seen_rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, Seen)>,
+    pending: &mut Vec<(Instant, Seen)>,
+) {
+    let deadline = Instant::now() + plan.final_wait;
+    loop {
+        let finals = pending
+            .iter()
+            .filter(|(_, s)| matches!(s, Seen::Final { .. }))
+            .count();
+        if plan.expect_turns.is_some_and(|n| finals >= n) || Instant::now() >= deadline {
+            return;
+        }
+        let wait = match plan.expect_turns {
+            Some(_) => deadline.saturating_duration_since(Instant::now()),
+            None => plan
+                .quiet
+                .min(deadline.saturating_duration_since(Instant::now())),
+        };
+        match tokio::time::timeout(wait, seen_rx.recv()).await {
+            Ok(Some(seen)) => pending.push(seen),
+            // The connection (or the feed) is gone: nothing more will come.
+            Ok(None) => return,
+            Err(_) if plan.expect_turns.is_none() => return,
+            Err(_) => {}
+        }
+    }
+}
+
+fn forget(plan: &CallPlan, external_id: &str) {
+    if let Some(feed) = &plan.feed {
+        feed.forget(external_id);
+    }
+}
+
+/// An event of the generic socket.
 fn parse_event(text: &str) -> Option<Seen> {
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     match value["type"].as_str()? {
@@ -550,7 +796,7 @@ mod tests {
     }
 
     #[test]
-    fn a_call_fails_on_errors_bad_close_gaps_or_a_wrong_turn_count() {
+    fn a_call_fails_on_errors_bad_close_gaps_a_wrong_turn_count_or_verification() {
         let ok = CallResult {
             close_code: Some(1000),
             final_seqs: vec![1, 2],
@@ -569,5 +815,43 @@ mod tests {
             ..ok.clone()
         };
         assert!(closed.failed(None).is_some());
+        let lost = CallResult {
+            verified: Some(false),
+            verify_error: Some("1 turns stored, expected 2".into()),
+            ..ok.clone()
+        };
+        assert!(lost
+            .failed(None)
+            .is_some_and(|why| why.contains("verification")));
+    }
+
+    #[test]
+    fn the_api_is_reached_over_http_at_the_same_host() {
+        let mut args = LoadgenArgs {
+            url: "ws://127.0.0.1:8080/".into(),
+            protocol: LoadProtocol::Vonage,
+            audiosocket_addr: String::new(),
+            calls: 1,
+            ramp_per_sec: 1.0,
+            wav: PathBuf::new(),
+            call_secs: None,
+            call_secs_max: None,
+            tail_silence_ms: 0,
+            final_wait_secs: 0,
+            quiet_ms: 0,
+            expect_turns: None,
+            tenant_id: None,
+            token: None,
+            api_token: None,
+            no_verify: false,
+            pid: None,
+            soak_secs: None,
+            soak_calls: None,
+            report: None,
+            threads: 1,
+        };
+        assert_eq!(args.http_base(), "http://127.0.0.1:8080");
+        args.url = "wss://engine.example.com".into();
+        assert_eq!(args.http_base(), "https://engine.example.com");
     }
 }

@@ -1,4 +1,5 @@
-//! Percentiles, and the engine's CPU and RSS read from `/proc/<pid>`.
+//! Percentiles, and the engine's CPU and RSS: from `/proc/<pid>` for a local engine, else
+//! from the `process_*` figures of its `/metrics`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -75,62 +76,109 @@ pub struct ProcessSummary {
     pub samples: Vec<ProcessSample>,
 }
 
-/// Samples a process every 500 ms on a thread of its own.
+/// Where the engine's CPU and RSS are read.
+#[derive(Debug, Clone)]
+pub enum SampleSource {
+    /// A local process.
+    Pid(u32),
+    /// The engine's `/metrics` (`process_cpu_seconds_total`, `process_resident_memory_bytes`).
+    Metrics { url: String, token: Option<String> },
+}
+
+impl SampleSource {
+    /// `(CPU seconds, RSS MB)` now.
+    fn read(&self, agent: &ureq::Agent) -> Option<(f64, f64)> {
+        match self {
+            Self::Pid(pid) => crate::ops::process::read(&pid.to_string())
+                .map(|p| (p.cpu_seconds, p.resident_bytes as f64 / (1024.0 * 1024.0))),
+            Self::Metrics { url, token } => {
+                let mut request = agent.get(url);
+                if let Some(token) = token {
+                    request = request.header("Authorization", &format!("Bearer {token}"));
+                }
+                let text = request.call().ok()?.body_mut().read_to_string().ok()?;
+                parse_process_metrics(&text)
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Pid(pid) => *pid,
+            Self::Metrics { .. } => 0,
+        }
+    }
+}
+
+/// `(CPU seconds, RSS MB)` from a Prometheus text exposition.
+pub fn parse_process_metrics(text: &str) -> Option<(f64, f64)> {
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some((
+        value("process_cpu_seconds_total")?,
+        value("process_resident_memory_bytes")? / (1024.0 * 1024.0),
+    ))
+}
+
+/// Least-squares slope of `(x, y)` points (0 with fewer than two distinct x).
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx == 0.0 {
+        0.0
+    } else {
+        sxy / sxx
+    }
+}
+
+/// Samples the engine every 500 ms on a thread of its own.
 pub struct ProcessSampler {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<ProcessSummary>,
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
-const TICKS_PER_SEC: f64 = 100.0;
-
-/// `(utime + stime)` in ticks, and RSS in MB.
-pub fn read_process(pid: u32) -> Option<(u64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse::<f64>()
-        .ok()?;
-    Some((ticks, rss_kb / 1024.0))
-}
-
 impl ProcessSampler {
-    /// Starts sampling `pid`.
-    pub fn start(pid: u32) -> Self {
+    /// Starts sampling.
+    pub fn start(source: SampleSource) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .into();
             let began = Instant::now();
             let mut samples = Vec::new();
-            let mut previous = read_process(pid).map(|(t, _)| (Instant::now(), t));
-            let start_rss = read_process(pid).map_or(0.0, |(_, r)| r);
+            let first = source.read(&agent);
+            let start_rss = first.map_or(0.0, |(_, r)| r);
+            let mut previous = first.map(|(cpu, _)| (Instant::now(), cpu));
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(500));
-                let Some((ticks, rss_mb)) = read_process(pid) else {
-                    break;
+                let Some((cpu_s, rss_mb)) = source.read(&agent) else {
+                    continue;
                 };
                 let now = Instant::now();
-                let cpu_percent = previous.map_or(0.0, |(at, t)| {
+                let cpu_percent = previous.map_or(0.0, |(at, before)| {
                     let secs = now.duration_since(at).as_secs_f64();
-                    (ticks.saturating_sub(t)) as f64 / TICKS_PER_SEC / secs * 100.0
+                    (cpu_s - before).max(0.0) / secs * 100.0
                 });
-                previous = Some((now, ticks));
+                previous = Some((now, cpu_s));
                 samples.push(ProcessSample {
                     at_s: began.elapsed().as_secs_f64(),
                     cpu_percent,
                     rss_mb,
                 });
             }
-            summarise(pid, start_rss, samples)
+            summarise(source.pid(), start_rss, samples)
         });
         Self { stop, thread }
     }
@@ -176,8 +224,22 @@ mod tests {
     }
 
     #[test]
-    fn reads_this_process() {
-        let (_, rss_mb) = read_process(std::process::id()).unwrap();
+    fn reads_this_process_and_a_metrics_page() {
+        let agent = ureq::Agent::new_with_defaults();
+        let (_, rss_mb) = SampleSource::Pid(std::process::id()).read(&agent).unwrap();
         assert!(rss_mb > 1.0, "{rss_mb}");
+        let page = "# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total 12.5\nprocess_resident_memory_bytes 52428800.0\n# EOF\n";
+        assert_eq!(parse_process_metrics(page), Some((12.5, 50.0)));
+        assert_eq!(parse_process_metrics("# EOF\n"), None);
+    }
+
+    #[test]
+    fn slope_of_a_line_and_of_noise_free_flat_data() {
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|x| (f64::from(x), 3.0 * f64::from(x) + 1.0))
+            .collect();
+        assert!((slope(&line) - 3.0).abs() < 1e-9);
+        assert_eq!(slope(&[(1.0, 5.0), (2.0, 5.0)]), 0.0);
+        assert_eq!(slope(&[(1.0, 5.0)]), 0.0);
     }
 }
