@@ -127,6 +127,7 @@ fn frame_to_stt(c: &mut Criterion) {
             status: sink.clone().recipient(),
             gave_up: sink.recipient(),
             mailbox: Default::default(),
+            live: Default::default(),
         };
         let addr = SttActor::new(uuid::Uuid::nil(), Arc::new(NullProvider), policy, links).start();
         // Let the stream connect before measuring.

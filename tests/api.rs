@@ -608,7 +608,26 @@ async fn mailbox_depths_and_process_figures_are_reported() {
     ] {
         assert!(metrics.contains(family), "{family} missing");
     }
+    assert!(
+        metrics.contains("callengine_actors{kind=\"stt\"} 1")
+            && metrics.contains("callengine_actors{kind=\"call\"} 1"),
+        "{metrics}"
+    );
     call.close(1000).await;
     call.finished().await;
+    // Once the call is over, its actors are gone: none lingers holding its audio (the STT
+    // actor's timer used to keep every finished call's STT actor alive).
+    let mut gone = false;
+    for _ in 0..100 {
+        let (_, metrics) = common::http_get(app.port, "/metrics").await;
+        if metrics.contains("callengine_actors{kind=\"stt\"} 0")
+            && metrics.contains("callengine_actors{kind=\"call\"} 0")
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(gone, "call or STT actors still alive after the call ended");
     app.stop().await;
 }

@@ -154,6 +154,8 @@ pub struct CallActor {
     frames_lost: prometheus_client::metrics::counter::Counter,
     /// Frames waiting in this call's STT actors' mailboxes.
     stt_mailbox: super::mailbox::Depth,
+    /// This actor in `callengine_actors{kind="call"}` (undone on drop).
+    live: prometheus_client::metrics::gauge::Gauge,
     /// Counted in `calls_active` (undone exactly once at the end).
     active_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
     /// One span per call (`call_id`, `tenant_id`, `protocol`), entered by every handler, so
@@ -211,11 +213,14 @@ impl CallActor {
                 })
                 .clone(),
         );
+        let live = deps.metrics.actors_of("call");
+        live.inc();
         Self {
             frames_ok,
             frames_bad,
             frames_lost,
             stt_mailbox,
+            live,
             active_gauge: None,
             span,
             deps,
@@ -322,6 +327,7 @@ impl CallActor {
                 (provider.clone(), policy.clone(), transcript.clone());
             let (status, gave_up) = (me.clone().recipient(), me.clone().recipient());
             let mailbox = self.stt_mailbox.clone();
+            let live = self.deps.metrics.actors_of("stt");
             self.stt.push(actix::Supervisor::start(move |_| {
                 SttActor::new(
                     call_id,
@@ -332,6 +338,7 @@ impl CallActor {
                         status,
                         gave_up,
                         mailbox: mailbox.clone(),
+                        live: live.clone(),
                     },
                 )
             }));
@@ -723,6 +730,12 @@ impl CallActor {
                 persister: c.unsent_turns as i64,
             },
         }
+    }
+}
+
+impl Drop for CallActor {
+    fn drop(&mut self) {
+        self.live.dec();
     }
 }
 

@@ -175,6 +175,22 @@ pub struct MailboxLabels {
     pub mailbox: String,
 }
 
+/// `kind` label: `call`, `stt`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActorLabels {
+    pub kind: String,
+}
+
+impl CallMetrics {
+    /// The live-actor gauge of `kind` (counted up by the actor's constructor, down when it is
+    /// dropped).
+    pub fn actors_of(&self, kind: &str) -> Gauge {
+        self.actors
+            .get_or_create(&ActorLabels { kind: kind.into() })
+            .clone()
+    }
+}
+
 /// `provider` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
@@ -208,6 +224,8 @@ pub struct CallMetrics {
     pub unsent_turns: Gauge,
     /// Messages waiting in the calls' actor mailboxes (sum over calls), by mailbox.
     pub mailbox_depth: Family<MailboxLabels, Gauge>,
+    /// Call and STT actors in memory (back to zero when no call is live: a leak shows here).
+    pub actors: Family<ActorLabels, Gauge>,
 }
 
 impl Default for CallMetrics {
@@ -224,6 +242,7 @@ impl Default for CallMetrics {
             persist_lag_seconds: lag_histogram(),
             unsent_turns: Gauge::default(),
             mailbox_depth: Family::default(),
+            actors: Family::default(),
         }
     }
 }
@@ -289,6 +308,11 @@ impl CallMetrics {
             "unsent_turns",
             "Turns held in memory waiting for the database",
             self.unsent_turns.clone(),
+        );
+        registry.register(
+            "actors",
+            "Call and STT actors in memory, by kind",
+            self.actors.clone(),
         );
         registry.register(
             "mailbox_depth",

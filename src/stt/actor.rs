@@ -96,6 +96,8 @@ pub struct SttLinks {
     pub gave_up: Recipient<SttGaveUp>,
     /// Depth of this actor's audio mailbox, counted with the call actor that fills it.
     pub mailbox: crate::call::mailbox::Depth,
+    /// Live STT actors on the node (`callengine_actors{kind="stt"}`): one while this exists.
+    pub live: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Drives one call's provider stream.
@@ -118,6 +120,10 @@ pub struct SttActor {
     reported_dropped: u64,
     finalized: Option<oneshot::Sender<()>>,
     finish_requested: bool,
+    /// The drop-report timer and the provider's event stream: cancelled once the call is
+    /// finished, so the actor stops (and frees its replay buffer) when the call lets go of it.
+    timer: Option<SpawnHandle>,
+    signals: Option<SpawnHandle>,
 }
 
 impl SttActor {
@@ -128,6 +134,7 @@ impl SttActor {
         policy: SttPolicy,
         links: SttLinks,
     ) -> Self {
+        links.live.inc();
         Self {
             call_id,
             budget: RestartBudget::new(policy.restart_max, policy.restart_window),
@@ -146,6 +153,8 @@ impl SttActor {
             reported_dropped: 0,
             finalized: None,
             finish_requested: false,
+            timer: None,
+            signals: None,
         }
     }
 
@@ -178,9 +187,10 @@ impl SttActor {
                 .map(|result, act, ctx| match result {
                     Ok(session) => {
                         let mut signals = session.signals;
-                        ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
-                            signals.poll_recv(cx)
-                        }));
+                        act.signals =
+                            Some(ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+                                signals.poll_recv(cx)
+                            })));
                         act.audio = Some(session.audio);
                         act.set_state(SttState::Streaming);
                         act.replay_buffered();
@@ -276,17 +286,23 @@ impl SttActor {
     }
 }
 
+impl Drop for SttActor {
+    fn drop(&mut self) {
+        self.links.live.dec();
+    }
+}
+
 impl Actor for SttActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.policy.audio_queue_frames.max(1));
         // Drops happen per frame; report them at most once a second.
-        ctx.run_interval(Duration::from_secs(1), |act, _ctx| {
+        self.timer = Some(ctx.run_interval(Duration::from_secs(1), |act, _ctx| {
             if act.dropped_frames != act.reported_dropped {
                 act.set_state(act.state);
             }
-        });
+        }));
         if self.session_index == 0 {
             self.connect(ctx);
         } else {
@@ -356,8 +372,27 @@ impl StreamHandler<SttSignal> for SttActor {
     }
 }
 
+impl SttActor {
+    /// The call is finished: nothing more will come or be sent. Cancels the timer and the
+    /// provider's stream and drops the audio queue (the provider's session ends) and the replay
+    /// buffer, so that once the call actor lets go of this actor's address it stops for good —
+    /// without this, the 1 s timer kept every finished call's STT actor, with its buffered
+    /// audio, alive for the life of the process.
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        for handle in [self.timer.take(), self.signals.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_future(handle);
+        }
+        self.audio = None;
+        self.replay.clear();
+        self.replay_ms = 0;
+    }
+}
+
 impl Handler<SttFinish> for SttActor {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: SttFinish, _ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -368,8 +403,12 @@ impl Handler<SttFinish> for SttActor {
             _ => self.finish_done(),
         }
         let limit = self.provider.finalize_timeout(self.policy.finalize_timeout);
-        Box::pin(async move {
-            let _ = tokio::time::timeout(limit, rx).await;
-        })
+        Box::pin(
+            async move {
+                let _ = tokio::time::timeout(limit, rx).await;
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| act.release(ctx)),
+        )
     }
 }
