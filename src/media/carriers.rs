@@ -149,9 +149,9 @@ fn draining() -> HttpResponse {
 }
 
 /// Turns normalised frames into audio events.
-fn audio_events(normalizer: &mut Normalizer, payload: &[u8]) -> Vec<MediaEvent> {
+fn audio_events(normalizer: &mut Normalizer, payload: &bytes::Bytes) -> Vec<MediaEvent> {
     let mut events = Vec::with_capacity(2);
-    normalizer.push(payload, |channel, pcm| {
+    normalizer.push_bytes(payload, |channel, pcm| {
         events.push(MediaEvent::Audio { channel, pcm })
     });
     events
@@ -342,7 +342,7 @@ async fn twilio_session(
                         events.push(MediaEvent::Ignored(format!("{track} track")));
                         return events;
                     }
-                    events.extend(audio_events(&mut normalizer, &payload));
+                    events.extend(audio_events(&mut normalizer, &payload.into()));
                     events
                 }
                 Ok(TwilioMessage::Stop) => vec![MediaEvent::Stop],

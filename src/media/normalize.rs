@@ -95,6 +95,24 @@ impl Normalizer {
         self.format
     }
 
+    /// Feeds one payload held in `Bytes`: like [`Normalizer::push`], but audio that already is
+    /// 16 kHz mono L16 in whole frames (Vonage 16 kHz, audio_fork 16 kHz, AudioSocket 0x12) is
+    /// handed on as zero-copy slices of the payload — no decode, no resampling, no copy.
+    pub fn push_bytes(&mut self, payload: &Bytes, mut emit: impl FnMut(usize, Bytes)) {
+        let passthrough = self.format.encoding == Encoding::L16
+            && self.format.sample_rate == 16_000
+            && self.channels.len() == 1
+            && self.carry.is_empty()
+            && self.channels[0].pending.is_empty();
+        if passthrough && payload.len().is_multiple_of(FRAME_16K) {
+            for k in 0..payload.len() / FRAME_16K {
+                emit(0, payload.slice(k * FRAME_16K..(k + 1) * FRAME_16K));
+            }
+            return;
+        }
+        self.push(payload, emit);
+    }
+
     /// Feeds one payload; calls `emit(channel, frame)` for every complete 640-byte frame.
     pub fn push(&mut self, payload: &[u8], mut emit: impl FnMut(usize, Bytes)) {
         let unit = self.format.frame_bytes();
@@ -153,6 +171,29 @@ mod tests {
         let mut out = Vec::new();
         n.push(payload, |c, f| out.push((c, f)));
         out
+    }
+
+    #[test]
+    fn wideband_mono_frames_are_passed_on_without_a_copy() {
+        let mut n = Normalizer::new(AudioFormat {
+            encoding: Encoding::L16,
+            sample_rate: 16_000,
+            channels: 1,
+        })
+        .unwrap();
+        let payload = Bytes::from((0..1280u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut out = Vec::new();
+        n.push_bytes(&payload, |c, f| out.push((c, f)));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].1, payload.slice(640..));
+        // The same memory, not a copy.
+        assert_eq!(out[0].1.as_ptr(), payload.as_ptr());
+        // A partial frame falls back to the general path, which carries the remainder.
+        let mut out = Vec::new();
+        n.push_bytes(&payload.slice(..700), |c, f| out.push((c, f)));
+        n.push_bytes(&payload.slice(700..1280), |c, f| out.push((c, f)));
+        let joined: Vec<u8> = out.iter().flat_map(|(_, f)| f.to_vec()).collect();
+        assert_eq!(joined, payload.to_vec());
     }
 
     #[test]

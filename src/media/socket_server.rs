@@ -230,7 +230,7 @@ async fn read_loop(
                     }
                     let mut frames = Vec::new();
                     if let Some(n) = normalizer.as_mut() {
-                        n.push(&pcm, |channel, pcm| {
+                        n.push_bytes(&bytes::Bytes::from(pcm), |channel, pcm| {
                             frames.push(MediaEvent::Audio { channel, pcm })
                         });
                     }
