@@ -34,6 +34,9 @@ enum Command {
     /// Manage the local Whisper model.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Print the transcript of a WAV file with the local Whisper engine.
     Transcribe {
         /// A PCM s16 WAV file (any rate and channel count).
@@ -47,6 +50,34 @@ enum Command {
     },
     /// Open many concurrent simulated calls against a running engine and measure them.
     Loadgen(Box<callengine::loadgen::LoadgenArgs>),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant (applies pending migrations first) and print its id.
+    Create {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Tenant id (default: a new one).
+        #[arg(long)]
+        id: Option<uuid::Uuid>,
+        /// Secret its carrier media streams must present.
+        #[arg(long, env = "CALLENGINE_TENANT_MEDIA_TOKEN", hide_env_values = true)]
+        media_token: Option<String>,
+        /// Its carrier media needs no secret (trusted networks, load tests).
+        #[arg(long)]
+        media_open: bool,
+        /// Its own API token (sees only its calls).
+        #[arg(long, env = "CALLENGINE_TENANT_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+        /// Live calls it may have at once (default: the node's limit).
+        #[arg(long)]
+        max_concurrent_calls: Option<i32>,
+        /// Where its call.completed webhooks go.
+        #[arg(long)]
+        webhook_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +114,7 @@ fn main() -> ExitCode {
             Command::Worker => worker(settings).await,
             Command::Migrate => migrate(settings).await,
             Command::Model(command) => model(settings, command).await,
+            Command::Tenant(command) => tenant(settings, command).await,
             Command::Transcribe { file, model, beam } => {
                 transcribe(settings, file, model, beam).await
             }
@@ -172,6 +204,39 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let patience = Duration::from_millis(settings.database.startup_timeout_ms);
     let applied = migrate_with_retry(&store, &url, patience).await?;
     println!("{}: {} migration(s) applied", url, applied.len());
+    Ok(())
+}
+
+async fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()> {
+    let TenantCommand::Create {
+        name,
+        id,
+        media_token,
+        media_open,
+        api_token,
+        max_concurrent_calls,
+        webhook_url,
+    } = command;
+    let url = settings.database_url()?;
+    if settings.database.url.is_none() {
+        std::fs::create_dir_all(&settings.data_dir)?;
+    }
+    let store = Store::connect(&url, StoreOptions::from_settings(&settings))?;
+    let patience = Duration::from_millis(settings.database.startup_timeout_ms);
+    migrate_with_retry(&store, &url, patience).await?;
+    let tenant = store
+        .insert_tenant(&callengine::store::NewTenant {
+            id,
+            name,
+            webhook_url,
+            media_token: media_token.map(callengine::store::Secret::new),
+            media_open,
+            api_token: api_token.map(callengine::store::Secret::new),
+            max_concurrent_calls,
+            ..callengine::store::NewTenant::default()
+        })
+        .await?;
+    println!("{}", tenant.id);
     Ok(())
 }
 

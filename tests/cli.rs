@@ -241,3 +241,31 @@ fn migrations() -> usize {
         .unwrap()
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_create_migrates_stores_the_tenant_and_prints_its_id() {
+    let db = TestDb::unmigrated(Backend::Postgres, test_options("cli")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(callengine(dir.path())
+        .args(["tenant", "create", "--name", "acme", "--media-open"])
+        .args(["--max-concurrent-calls", "3000", "--api-token", "acme-api"])
+        .env("DATABASE_URL", &db.url_string));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id: uuid::Uuid = text(&out.stdout).trim().parse().unwrap();
+    let tenant = db.store.get_tenant(id).await.unwrap().unwrap();
+    assert_eq!(tenant.name, "acme");
+    assert!(tenant.media_open);
+    assert!(tenant.media_token.is_none());
+    assert_eq!(tenant.max_concurrent_calls, Some(3000));
+    let by_token = db.store.tenant_by_api_token("acme-api").await.unwrap();
+    assert_eq!(by_token.map(|t| t.id), Some(id));
+    // The token never shows in what the command prints.
+    assert!(!text(&out.stdout).contains("acme-api") && !text(&out.stderr).contains("acme-api"));
+    // A second tenant with the same name is refused with the reason.
+    let again = run(callengine(dir.path())
+        .args(["tenant", "create", "--name", "acme"])
+        .env("DATABASE_URL", &db.url_string));
+    assert!(!again.status.success());
+    assert!(!text(&again.stderr).is_empty());
+    db.cleanup().await;
+}
