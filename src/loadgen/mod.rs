@@ -701,7 +701,7 @@ async fn one_call(plan: &CallPlan, progress: &Progress) -> CallResult {
             }
             Seen::Final { seq, text, end_ms } => {
                 if let Some(end_ms) = end_ms {
-                    let sent = start + Duration::from_millis(end_ms.max(0) as u64);
+                    let sent = frame_sent_at(start, &result.send_lag_us, end_ms);
                     result
                         .final_latency_ms
                         .push(at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
@@ -747,6 +747,17 @@ async fn wait_for_finals(
             Err(_) => {}
         }
     }
+}
+
+/// When the audio up to `end_ms` had been sent: frame `k` carries `[20k, 20k + 20)` ms and went
+/// out at its due time `start + 20k` plus its measured lag, so audio ending at `end_ms` left with
+/// frame `end_ms / 20 - 1`.
+fn frame_sent_at(start: Instant, send_lag_us: &[u32], end_ms: i64) -> Instant {
+    let k = (end_ms.max(FRAME_MS as i64) as u64).div_ceil(FRAME_MS) - 1;
+    let lag = send_lag_us
+        .get(k as usize)
+        .map_or(Duration::ZERO, |us| Duration::from_micros(u64::from(*us)));
+    start + Duration::from_millis(k * FRAME_MS) + lag
 }
 
 fn forget(plan: &CallPlan, external_id: &str) {
@@ -823,6 +834,23 @@ mod tests {
         assert!(lost
             .failed(None)
             .is_some_and(|why| why.contains("verification")));
+    }
+
+    #[test]
+    fn a_final_is_timed_from_the_send_of_the_frame_that_carried_its_end() {
+        let start = Instant::now();
+        let lags = [0, 0, 0, 0, 0, 0, 0, 0, 0, 5_000];
+        // Audio ending at 200 ms left with frame 9 (180–200 ms), sent 5 ms late.
+        assert_eq!(
+            frame_sent_at(start, &lags, 200),
+            start + Duration::from_millis(185)
+        );
+        // A frame boundary inside a frame rounds up to the frame that carried it.
+        assert_eq!(
+            frame_sent_at(start, &lags, 170),
+            start + Duration::from_millis(160)
+        );
+        assert_eq!(frame_sent_at(start, &lags, 0), start);
     }
 
     #[test]
