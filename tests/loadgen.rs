@@ -282,3 +282,72 @@ async fn a_soak_keeps_slots_busy_and_reports_rss_over_time() {
     assert!(stdout.contains("soak: 6 calls"), "{stdout}");
     app.stop().await;
 }
+
+/// The small load: 50 Vonage calls of 5 s each against the app on port 0, verified
+/// through the API, with a complete report.
+#[actix_web::test]
+async fn fifty_vonage_calls_of_five_seconds_pass_verification_with_a_complete_report() {
+    let tenant_id = uuid::Uuid::new_v4();
+    let id = tenant_id.to_string();
+    // One turn per second of audio (the scripted provider's fixed mode).
+    let app = TestApp::start(
+        Backend::Sqlite,
+        &[("CALLENGINE_STT__SCRIPTED__TURN_MS", "1000")],
+    )
+    .await;
+    app.store()
+        .insert_tenant(&NewTenant {
+            id: Some(tenant_id),
+            name: format!("load-{tenant_id}"),
+            media_open: true,
+            ..NewTenant::default()
+        })
+        .await
+        .unwrap();
+    let (out, report) = run_loadgen(
+        app.port,
+        &[
+            "--protocol",
+            "vonage",
+            "--tenant-id",
+            &id,
+            "--api-token",
+            TOKEN,
+            "--calls",
+            "50",
+            "--ramp-per-sec",
+            "100",
+            "--call-secs",
+            "5",
+            "--tail-silence-ms",
+            "0",
+            "--expect-turns",
+            "5",
+            "--threads",
+            "2",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["calls"], 50);
+    assert_eq!(report["failed_calls"], 0);
+    assert_eq!(report["verified_calls"], 50);
+    assert_eq!(report["verified_ok"], 50);
+    assert_eq!(report["finals"], 250);
+    assert_eq!(report["final_latency_ms"]["count"], 250);
+    assert_eq!(report["frames_sent"], 50 * 250);
+    assert_eq!(report["send_lag_ms"]["count"], 50 * 250);
+    assert_eq!(report["connect_ms"]["count"], 50);
+    assert_eq!(report["started_ms"]["count"], 50, "every call.started seen");
+    assert_eq!(report["close_codes"]["1000"], 50);
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(report["final_latency_ms"][key].as_f64().is_some(), "{key}");
+    }
+    assert!(report["engine"]["samples"].as_array().unwrap().len() >= 5);
+    app.stop().await;
+}

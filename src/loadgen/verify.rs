@@ -33,6 +33,13 @@ pub fn check(
         serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}"))
     };
     let found = get(&format!("/api/v1/calls/by-external/{}", result.external_id))?;
+    let id = pick_call(&found, protocol)?;
+    let transcript = get(&format!("/api/v1/calls/{id}/transcript"))?;
+    judge_turns(&transcript, result, expect_turns)
+}
+
+/// The one completed call of `protocol` among the rows found for an external id.
+fn pick_call(found: &serde_json::Value, protocol: &str) -> Result<String, String> {
     let calls = found["calls"].as_array().cloned().unwrap_or_default();
     let mine: Vec<&serde_json::Value> =
         calls.iter().filter(|c| c["protocol"] == protocol).collect();
@@ -52,9 +59,17 @@ pub fn check(
             call["status"], call["end_reason"]
         ));
     }
-    let id = call["id"].as_str().unwrap_or_default();
-    let transcript = get(&format!("/api/v1/calls/{id}/transcript"))?;
-    // Realtime turns: the finals, then at most one partial the hang-up flushed.
+    Ok(call["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// The stored transcript against what the call saw: realtime turns numbered 1..n, the finals
+/// first and at most one partial (flushed at hang-up) last, the finals exactly the ones the
+/// call received, and the expected count.
+fn judge_turns(
+    transcript: &serde_json::Value,
+    result: &CallResult,
+    expect_turns: Option<usize>,
+) -> Result<(), String> {
     let turns: Vec<(i64, String, bool)> = transcript["turns"]
         .as_array()
         .map(|turns| {
@@ -153,5 +168,53 @@ pub fn check_all(
         if let Err(why) = outcome {
             results[i].verify_error = Some(why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn turn(seq: i64, text: &str, is_final: bool) -> serde_json::Value {
+        json!({"seq": seq, "text": text, "is_final": is_final, "source": "realtime"})
+    }
+
+    fn saw(finals: &[&str]) -> CallResult {
+        CallResult {
+            final_seqs: (1..=finals.len() as i64).collect(),
+            finals: finals.iter().map(|t| t.to_string()).collect(),
+            ..CallResult::default()
+        }
+    }
+
+    #[test]
+    fn the_stored_finals_must_be_exactly_the_ones_seen() {
+        let good = json!({"turns": [turn(1, "a", true), turn(2, "b", true), turn(3, "c", false),
+            {"seq": 4, "text": "offline", "is_final": true, "source": "offline"}]});
+        assert_eq!(judge_turns(&good, &saw(&["a", "b"]), Some(2)), Ok(()));
+        // A lost turn, an extra one, a different text, a gap, a partial in the middle.
+        assert!(judge_turns(&good, &saw(&["a", "b"]), Some(3)).is_err());
+        assert!(judge_turns(&good, &saw(&["a"]), None).is_err());
+        assert!(judge_turns(&good, &saw(&["a", "x"]), None).is_err());
+        let gap = json!({"turns": [turn(1, "a", true), turn(3, "b", true)]});
+        assert!(judge_turns(&gap, &saw(&["a", "b"]), None).is_err_and(|e| e.contains("gaps")));
+        let middle = json!({"turns": [turn(1, "a", false), turn(2, "b", true)]});
+        assert!(judge_turns(&middle, &saw(&["b"]), None).is_err());
+    }
+
+    #[test]
+    fn one_completed_call_of_the_protocol_is_picked() {
+        let found = json!({"calls": [
+            {"id": "x", "protocol": "twilio", "status": "completed"},
+            {"id": "y", "protocol": "vonage", "status": "completed"}]});
+        assert_eq!(pick_call(&found, "vonage"), Ok("y".to_string()));
+        assert!(pick_call(&found, "audiofork").is_err_and(|e| e.contains("no audiofork")));
+        let live = json!({"calls": [{"id": "y", "protocol": "vonage", "status": "active"}]});
+        assert!(pick_call(&live, "vonage").is_err_and(|e| e.contains("active")));
+        let twins = json!({"calls": [
+            {"id": "a", "protocol": "vonage", "status": "completed"},
+            {"id": "b", "protocol": "vonage", "status": "completed"}]});
+        assert!(pick_call(&twins, "vonage").is_err_and(|e| e.contains("2 call rows")));
     }
 }
