@@ -149,6 +149,19 @@ async fn a_missing_turn_fails_the_run() {
     app.stop().await;
 }
 
+/// A tenant whose carrier media needs no token.
+async fn open_tenant(app: &TestApp, tenant_id: uuid::Uuid) {
+    app.store()
+        .insert_tenant(&NewTenant {
+            id: Some(tenant_id),
+            name: format!("load-{tenant_id}"),
+            media_open: true,
+            ..NewTenant::default()
+        })
+        .await
+        .unwrap();
+}
+
 /// Vonage, Twilio, audio_fork and AudioSocket calls from the generator: each protocol's
 /// handshake and framing, finals from the event feed with their latency, and every call read
 /// back through the API (completed, exactly two turns, in order, the texts the feed showed).
@@ -164,15 +177,7 @@ async fn carriers_are_driven_and_verified(backend: Backend) {
         ],
     )
     .await;
-    app.store()
-        .insert_tenant(&NewTenant {
-            id: Some(tenant_id),
-            name: format!("load-{tenant_id}"),
-            media_open: true,
-            ..NewTenant::default()
-        })
-        .await
-        .unwrap();
+    open_tenant(&app, tenant_id).await;
     let audiosocket = format!("127.0.0.1:{}", app.audiosocket_port.unwrap());
     for protocol in ["vonage", "twilio", "audiofork", "audiosocket"] {
         let (out, report) = run_loadgen(
@@ -295,15 +300,7 @@ async fn fifty_vonage_calls_of_five_seconds_pass_verification_with_a_complete_re
         &[("CALLENGINE_STT__SCRIPTED__TURN_MS", "1000")],
     )
     .await;
-    app.store()
-        .insert_tenant(&NewTenant {
-            id: Some(tenant_id),
-            name: format!("load-{tenant_id}"),
-            media_open: true,
-            ..NewTenant::default()
-        })
-        .await
-        .unwrap();
+    open_tenant(&app, tenant_id).await;
     let (out, report) = run_loadgen(
         app.port,
         &[

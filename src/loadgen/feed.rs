@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::Seen;
+use super::{parse_value as parse, Seen};
 
 type Routes = Arc<Mutex<HashMap<String, UnboundedSender<(Instant, Seen)>>>>;
 
@@ -84,20 +84,6 @@ impl Feed {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UnboundedSender<(Instant, Seen)>>> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One feed event as the loadgen sees it.
-fn parse(value: &serde_json::Value) -> Option<Seen> {
-    match value["type"].as_str()? {
-        "call.started" => Some(Seen::Started(value["call_id"].as_str()?.parse().ok()?)),
-        "turn.final" => Some(Seen::Final {
-            seq: value["seq"].as_i64()?,
-            text: value["text"].as_str().unwrap_or_default().to_string(),
-            end_ms: value["end_ms"].as_i64(),
-        }),
-        "call.ended" => Some(Seen::Ended),
-        _ => None,
     }
 }
 

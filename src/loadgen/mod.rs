@@ -768,10 +768,15 @@ fn forget(plan: &CallPlan, external_id: &str) {
 
 /// An event of the generic socket.
 fn parse_event(text: &str) -> Option<Seen> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    parse_value(&serde_json::from_str(text).ok()?)
+}
+
+/// An event as a call sees it, in either vocabulary: the generic socket's (`call`, `final`,
+/// `error`) or the `/api/v1/events` feed's (`call.started`, `turn.final`, `call.ended`).
+pub(crate) fn parse_value(value: &serde_json::Value) -> Option<Seen> {
     match value["type"].as_str()? {
-        "call" => Some(Seen::Started(value["call_id"].as_str()?.parse().ok()?)),
-        "final" => Some(Seen::Final {
+        "call" | "call.started" => Some(Seen::Started(value["call_id"].as_str()?.parse().ok()?)),
+        "final" | "turn.final" => Some(Seen::Final {
             seq: value["seq"].as_i64()?,
             text: value["text"].as_str().unwrap_or_default().to_string(),
             end_ms: value["end_ms"].as_i64(),
@@ -779,6 +784,7 @@ fn parse_event(text: &str) -> Option<Seen> {
         "error" => Some(Seen::Error(
             value["message"].as_str().unwrap_or("error").to_string(),
         )),
+        "call.ended" => Some(Seen::Ended),
         _ => None,
     }
 }

@@ -70,14 +70,49 @@ async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpR
     }
 }
 
-/// Only the operator.
-async fn admin(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
-    match caller(req, state).await? {
-        Caller::Admin => Ok(()),
-        Caller::Tenant(_) => Err(denied(
-            actix_web::http::StatusCode::FORBIDDEN,
-            "this needs the admin token",
-        )),
+/// The operator only: the admin token (a tenant's token: 403).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// The bearer token's [`Caller`] as a handler argument: a request without a valid token is
+/// answered (401, 403 for [`Admin`], 503 when the token cannot be checked) before the handler
+/// runs.
+impl actix_web::FromRequest for Caller {
+    type Error = actix_web::Error;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let Some(state) = req.app_data::<web::Data<AppState>>() else {
+                return Err(actix_web::error::ErrorInternalServerError("no app state"));
+            };
+            caller(&req, state).await.map_err(|denied| {
+                actix_web::error::InternalError::from_response("denied", *denied).into()
+            })
+        })
+    }
+}
+
+impl actix_web::FromRequest for Admin {
+    type Error = actix_web::Error;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let who = Caller::from_request(req, payload);
+        Box::pin(async move {
+            match who.await? {
+                Caller::Admin => Ok(Admin),
+                Caller::Tenant(_) => Err(actix_web::error::InternalError::from_response(
+                    "forbidden",
+                    *denied(
+                        actix_web::http::StatusCode::FORBIDDEN,
+                        "this needs the admin token",
+                    ),
+                )
+                .into()),
+            }
+        })
     }
 }
 
@@ -97,14 +132,10 @@ pub struct CallsQuery {
 /// tenant and state (a tenant's token sees only its own).
 #[get("/api/v1/calls")]
 pub async fn list_calls(
-    req: HttpRequest,
+    who: Caller,
     query: web::Query<CallsQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     let Ok(calls) = state.registry.send(ListCalls).await else {
         return HttpResponse::InternalServerError()
             .json(json!({ "error": "registry unavailable" }));
@@ -147,14 +178,10 @@ async fn visible_call(
 /// on this node.
 #[get("/api/v1/calls/{id}")]
 pub async fn get_call(
-    req: HttpRequest,
+    who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     let call = match visible_call(&state, who, &path).await {
         Ok(call) => call,
         Err(response) => return response,
@@ -174,14 +201,10 @@ pub async fn get_call(
 /// conversation id — newest last.
 #[get("/api/v1/calls/by-external/{external_id}")]
 pub async fn calls_by_external(
-    req: HttpRequest,
+    who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     match state.store.calls_by_external_id(&path).await {
         Ok(calls) => {
             let visible: Vec<_> = calls
@@ -211,15 +234,11 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// missed instead of stalling the calls.
 #[get("/api/v1/events")]
 pub async fn events(
-    req: HttpRequest,
+    who: Caller,
     query: web::Query<EventsQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     use tokio::sync::broadcast::error::RecvError;
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     let filter = query.into_inner();
     // Subscribed before the answer goes out: a client that has the headers misses nothing.
     let receiver = state.calls.events.subscribe();
@@ -267,15 +286,11 @@ pub struct TranscriptQuery {
 /// `speaker: text` lines.
 #[get("/api/v1/calls/{id}/transcript")]
 pub async fn transcript(
-    req: HttpRequest,
+    who: Caller,
     path: web::Path<String>,
     query: web::Query<TranscriptQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     let call = match visible_call(&state, who, &path).await {
         Ok(call) => call,
         Err(response) => return response,
@@ -324,14 +339,10 @@ pub struct RegisterCall {
 /// passing `call_id`.
 #[post("/api/v1/calls")]
 pub async fn register_call(
-    req: HttpRequest,
+    who: Caller,
     body: web::Json<RegisterCall>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     let body = body.into_inner();
     let tenant_id = match (who, body.tenant_id) {
         (Caller::Tenant(own), None) => own,
@@ -388,14 +399,10 @@ pub async fn register_call(
 /// `POST /api/v1/calls/{id}/hangup`: ends a live call through the normal flush path (202).
 #[post("/api/v1/calls/{id}/hangup")]
 pub async fn hangup(
-    req: HttpRequest,
+    who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     let call_id = match visible_call(&state, who, &path).await {
         Ok(call) => call.id,
         Err(response) => return response,
@@ -424,13 +431,10 @@ pub struct JobsQuery {
 /// error).
 #[get("/api/v1/jobs")]
 pub async fn list_jobs(
-    req: HttpRequest,
+    _admin: Admin,
     query: web::Query<JobsQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(denied) = admin(&req, &state).await {
-        return *denied;
-    }
     let status = query.status.clone().unwrap_or_else(|| "dead".into());
     if !["queued", "running", "done", "dead"].contains(&status.as_str()) {
         return HttpResponse::BadRequest()
@@ -449,14 +453,10 @@ pub async fn list_jobs(
 /// `GET /api/v1/calls/{id}/deliveries`: a call's webhook deliveries.
 #[get("/api/v1/calls/{id}/deliveries")]
 pub async fn call_deliveries(
-    req: HttpRequest,
+    who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let who = match caller(&req, &state).await {
-        Ok(who) => who,
-        Err(denied) => return *denied,
-    };
     let call_id = match visible_call(&state, who, &path).await {
         Ok(call) => call.id,
         Err(response) => return response,
@@ -478,13 +478,10 @@ pub async fn call_deliveries(
 /// with a fresh retry schedule (202), or 409 when it was delivered.
 #[post("/api/v1/deliveries/{id}/resend")]
 pub async fn resend_delivery(
-    req: HttpRequest,
+    _admin: Admin,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(denied) = admin(&req, &state).await {
-        return *denied;
-    }
     let Ok(id) = Uuid::parse_str(&path) else {
         return HttpResponse::BadRequest().json(json!({ "error": "delivery id must be a UUID" }));
     };
