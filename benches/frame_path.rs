@@ -1,6 +1,8 @@
 //! Hot paths of the realtime call: PCM validation, carrier audio (μ-law decode + 8 → 16 kHz
-//! resampling, Twilio message parsing, AudioSocket framing), the turn assembler, and one
-//! validated frame handed through the `SttActor` mailbox to the provider's audio channel.
+//! resampling, Twilio message parsing, AudioSocket framing), the turn assembler, one validated
+//! frame handed through the `SttActor` mailbox to the provider's audio channel, and one frame
+//! from the transport's event stream through a live `CallActor` and its `SttActor` to the
+//! provider.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -222,11 +224,146 @@ fn carrier_audio(c: &mut Criterion) {
     group.finish();
 }
 
+/// A provider that counts the audio its streams receive (the boundary the benchmark stops at)
+/// and says when a stream is open.
+struct CountingProvider {
+    received: Arc<std::sync::atomic::AtomicU64>,
+    opened: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SttProvider for CountingProvider {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+
+    fn open(
+        &self,
+        _config: StreamConfig,
+    ) -> LocalBoxFuture<'static, Result<SttSession, SttFailure>> {
+        use std::sync::atomic::Ordering;
+        let (audio, mut rx) = mpsc::channel(4096);
+        let (signals_tx, signals) = mpsc::unbounded_channel();
+        let received = self.received.clone();
+        actix::spawn(async move {
+            let _keep = signals_tx;
+            while let Some(input) = rx.recv().await {
+                if matches!(input, callengine::stt::SttInput::Audio { .. }) {
+                    received.fetch_add(1, Ordering::Release);
+                }
+            }
+        });
+        self.opened.store(true, Ordering::Release);
+        Box::pin(async move { Ok(SttSession { audio, signals }) })
+    }
+}
+
+fn call_actor_to_provider(c: &mut Criterion) {
+    use callengine::call::actor::{CallActor, CallParams};
+    use callengine::call::registry::CallRegistry;
+    use callengine::call::{CallDeps, SttProviders};
+    use callengine::media::{MediaEvent, MediaInput};
+    use callengine::store::{NewTenant, Protocol, Store, StoreOptions};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let system = actix::System::new();
+    let dir = tempfile::tempdir().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let opened = Arc::new(AtomicBool::new(false));
+    let media = system.block_on(async {
+        let settings = callengine::config::Settings::load_from(
+            None,
+            [
+                (
+                    "CALLENGINE_DATA_DIR".to_string(),
+                    dir.path().display().to_string(),
+                ),
+                (
+                    "CALLENGINE_CALLS__IDLE_TIMEOUT_SECS".to_string(),
+                    "3600".to_string(),
+                ),
+            ],
+        )
+        .unwrap();
+        let url = settings.database_url().unwrap();
+        let store = Store::connect(&url, StoreOptions::from_settings(&settings)).unwrap();
+        callengine::app::migrate_with_retry(&store, &url, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let tenant = store
+            .insert_tenant(&NewTenant {
+                name: "bench".into(),
+                ..NewTenant::default()
+            })
+            .await
+            .unwrap();
+        let provider = Arc::new(CountingProvider {
+            received: received.clone(),
+            opened: opened.clone(),
+        });
+        let deps = Arc::new(CallDeps::new(
+            &settings,
+            store,
+            SttProviders::new(provider, Vec::new()),
+            CallRegistry::default().start(),
+            actix::Arbiter::new().handle(),
+        ));
+        let (media, rx) = mpsc::unbounded_channel::<MediaEvent>();
+        let input: MediaInput = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        }));
+        let (out, mut drain) = mpsc::channel(1024);
+        actix::spawn(async move { while drain.recv().await.is_some() {} });
+        let params = CallParams {
+            call_id: None,
+            tenant_id: tenant.id,
+            campaign_id: None,
+            lead_id: None,
+            phone_number: None,
+            external_id: None,
+            protocol: Protocol::Voice,
+            speakers: vec!["contact".into()],
+            metadata: None,
+        };
+        CallActor::new(deps, params, input, out, None).start();
+        // The call is live once its STT stream is open.
+        while !opened.load(Ordering::Acquire) {
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+        media
+    });
+    let frame = Bytes::from(vec![0u8; 640]);
+    let mut group = c.benchmark_group("frame_path");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("call_actor_to_provider", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let target = received.load(Ordering::Acquire) + 1;
+                    media
+                        .send(MediaEvent::Audio {
+                            channel: 0,
+                            pcm: frame.clone(),
+                        })
+                        .unwrap();
+                    while received.load(Ordering::Acquire) < target {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     pcm_validation,
     carrier_audio,
     turn_assembler,
-    frame_to_stt
+    frame_to_stt,
+    call_actor_to_provider
 );
 criterion_main!(benches);
