@@ -30,6 +30,17 @@ fn write_wav(path: &std::path::Path, pcm: &[u8]) {
     std::fs::write(path, out).unwrap();
 }
 
+/// Stdout of a run that must have succeeded (its output in the failure message).
+fn succeeded(out: &std::process::Output, label: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{label}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 async fn run_loadgen(port: u16, args: &[&str]) -> (std::process::Output, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let (wav, report) = (dir.path().join("call.wav"), dir.path().join("report.json"));
@@ -80,12 +91,7 @@ async fn concurrent_calls_are_measured_and_match_the_database() {
         ],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out, "");
     assert!(stdout.contains("final latency"), "{stdout}");
     assert_eq!(report["calls"], 6);
     assert_eq!(report["failed_calls"], 0);
@@ -200,12 +206,7 @@ async fn carriers_are_driven_and_verified(backend: Backend) {
             ],
         )
         .await;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{protocol}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = succeeded(&out, protocol);
         assert_eq!(report["protocol"], protocol);
         assert_eq!(report["failed_calls"], 0, "{protocol}: {stdout}");
         assert_eq!(report["finals"], 4, "{protocol}: {stdout}");
@@ -267,12 +268,7 @@ async fn a_soak_keeps_slots_busy_and_reports_rss_over_time() {
     let out = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out, "");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(report["calls"], 6);
@@ -325,12 +321,7 @@ async fn fifty_vonage_calls_of_five_seconds_pass_verification_with_a_complete_re
         ],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out, "");
     assert_eq!(report["calls"], 50);
     assert_eq!(report["failed_calls"], 0);
     assert_eq!(report["verified_calls"], 50);
