@@ -17,8 +17,9 @@ use actix_web::{web, App, HttpServer};
 use crate::call::registry::{CallRegistry, Drain};
 use crate::call::{CallDeps, SttProviders};
 use crate::config::{ConfigError, Secret, Settings};
-use crate::media::socket_server::AudioSocketListener;
-use crate::media::{carriers, voice};
+use crate::ingress::admission::HandshakeSlots;
+use crate::ingress::audiosocket::AudioSocketListener;
+use crate::ingress::{carriers, voice};
 use crate::ops::metrics::{self, Metrics};
 use crate::ops::{api, health};
 use crate::store::{DatabaseUrl, Store, StoreError, StoreOptions};
@@ -69,6 +70,14 @@ pub struct AppState {
     pub media: crate::config::MediaSettings,
     /// Inbound webhook settings.
     pub webhooks: crate::webhooks::WebhookSettings,
+    /// Every listener is on loopback: the local tenant may be used.
+    pub loopback_only: bool,
+    /// Media sockets in their handshake, bounded over the node.
+    pub handshakes: Arc<HandshakeSlots>,
+    /// Limits of every way in.
+    pub ingress: crate::ingress::IngressSettings,
+    /// The policy every outbound request follows.
+    pub egress: crate::egress::EgressPolicy,
     draining: Arc<AtomicBool>,
 }
 
@@ -143,6 +152,15 @@ impl Application {
             );
         }
         let addr = settings.bind_addr()?;
+        let loopback_only = addr.ip().is_loopback()
+            && settings
+                .media
+                .audiosocket_bind
+                .parse::<std::net::SocketAddr>()
+                .map_or(true, |a| a.ip().is_loopback());
+        if loopback_only {
+            ensure_local_tenant(&store).await?;
+        }
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Io {
             context: format!("cannot listen on {addr}"),
             source,
@@ -169,6 +187,7 @@ impl Application {
             persist_arbiter.handle(),
         );
         deps.metrics = metrics.calls.clone();
+        deps.events = crate::call::events::EventBus::from_settings(&settings.api);
         let calls = Arc::new(deps);
         let state = web::Data::new(AppState {
             store,
@@ -185,6 +204,10 @@ impl Application {
             ),
             media: settings.media.clone(),
             webhooks: settings.webhooks.clone(),
+            loopback_only,
+            handshakes: Arc::new(HandshakeSlots::new(settings.ingress.max_pending_handshakes)),
+            ingress: settings.ingress.clone(),
+            egress: crate::egress::EgressPolicy::from_settings(&settings.egress),
             draining: Arc::new(AtomicBool::new(false)),
         });
         let audiosocket_port = match settings.media.audiosocket_bind.as_str() {
@@ -238,7 +261,17 @@ impl Application {
                 .service(api::resend_delivery)
         })
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout_secs);
+        // A client that closed its socket is gone: an event stream's slot frees at once
+        // instead of at the next failed write.
+        .h1_allow_half_closed(false)
+        .shutdown_timeout(settings.shutdown_timeout_secs)
+        .client_request_timeout(Duration::from_millis(settings.ingress.request_timeout_ms))
+        .client_disconnect_timeout(Duration::from_millis(
+            settings.ingress.disconnect_timeout_ms,
+        ))
+        .keep_alive(Duration::from_secs(settings.ingress.keep_alive_secs))
+        .max_connections(settings.ingress.max_connections_per_worker)
+        .max_connection_rate(settings.ingress.max_connection_rate_per_worker);
         if settings.http_workers > 0 {
             server = server.workers(settings.http_workers);
         }
@@ -308,7 +341,7 @@ pub async fn open_store(settings: &Settings) -> Result<Store, StartError> {
             source,
         })?;
     }
-    let store = Store::connect(&url, StoreOptions::from_settings(settings))?;
+    let store = Store::connect(&url, store_options(settings)?)?;
     if settings.database.migrate_on_start {
         migrate_with_retry(
             &store,
@@ -316,8 +349,56 @@ pub async fn open_store(settings: &Settings) -> Result<Store, StartError> {
             Duration::from_millis(settings.database.startup_timeout_ms),
         )
         .await?;
+        let secured = store.secure_tenant_secrets().await?;
+        if secured > 0 {
+            tracing::info!(
+                tenants = secured,
+                "sealed tenant secrets stored in plain text"
+            );
+        }
     }
     Ok(store)
+}
+
+/// The open local tenant of a loopback-only node (see
+/// [`crate::ingress::admission::LOCAL_TENANT`]), created when missing.
+async fn ensure_local_tenant(store: &Store) -> Result<(), StartError> {
+    use crate::ingress::admission::LOCAL_TENANT;
+    if store.get_tenant(LOCAL_TENANT).await?.is_some() {
+        return Ok(());
+    }
+    let created = store
+        .insert_tenant(&crate::store::NewTenant {
+            id: Some(LOCAL_TENANT),
+            name: "local".into(),
+            media_open: true,
+            cost_per_second_micros: crate::config::CallSettings::default()
+                .default_cost_per_second_micros,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(tenant_id = %LOCAL_TENANT, "created the open local tenant (served on loopback only)");
+            Ok(())
+        }
+        // Another node created it meanwhile.
+        Err(_) if store.get_tenant(LOCAL_TENANT).await?.is_some() => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Store options from the settings, with the node key that seals tenant secrets.
+pub fn store_options(settings: &Settings) -> Result<StoreOptions, StartError> {
+    let mut options = StoreOptions::from_settings(settings);
+    let key = crate::crypto::resolve_node_key(&settings.security, &settings.data_dir).map_err(
+        |message| StartError::Io {
+            context: "cannot load the node key".into(),
+            source: std::io::Error::other(message),
+        },
+    )?;
+    options.node_key = Some(key);
+    Ok(options)
 }
 
 /// Applies migrations, retrying while the database is unreachable, up to `patience`.
@@ -361,6 +442,7 @@ pub fn start_postcall(
         settings.stt.whisper.model_dir.clone(),
         settings.node_id.clone(),
         metrics,
+        crate::egress::EgressPolicy::from_settings(&settings.egress),
     )
     .map(Some)
     .map_err(|message| {

@@ -209,15 +209,34 @@ impl Default for SttSettings {
 }
 
 /// Operator API settings (`[api]`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSettings {
     /// Bearer token for `/api/*`. Unset: the API answers 503 (disabled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
-    /// Bearer token `/metrics` requires when set (the admin token works too). Unset: open.
+    /// Bearer token `/metrics` accepts besides the admin token. `/metrics` is open only when
+    /// neither this nor `admin_token` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_token: Option<Secret>,
+    /// Concurrent `GET /api/v1/events` streams one API token may hold (the admin token counts
+    /// as one token); the next one gets 429.
+    pub max_event_subscribers_per_token: usize,
+    /// Events one event-feed reader may fall behind its channel (its tenant's, or every
+    /// tenant's for an admin reader) before it loses the oldest and gets `lagged`. Rounded up to
+    /// a power of two, clamped to 1 ..= 1,048,576; tests set it small.
+    pub event_feed_capacity: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            metrics_token: None,
+            max_event_subscribers_per_token: crate::call::events::MAX_SUBSCRIBERS_PER_TOKEN,
+            event_feed_capacity: crate::call::events::CAPACITY,
+        }
+    }
 }
 
 /// Carrier media endpoints (`[media]`): Vonage, Twilio, audio_fork, AudioSocket.
@@ -284,6 +303,12 @@ pub struct Settings {
     pub webhooks: crate::webhooks::WebhookSettings,
     /// Post-call workers and outbound webhooks.
     pub postcall: crate::postcall::PostcallSettings,
+    /// HTTP and handshake limits of every way in.
+    pub ingress: crate::ingress::IngressSettings,
+    /// Every outbound request: schemes, hosts, address ranges, caps.
+    pub egress: crate::egress::EgressSettings,
+    /// The node key that seals tenant secrets at rest.
+    pub security: crate::crypto::SecuritySettings,
 }
 
 impl Default for Settings {
@@ -302,6 +327,9 @@ impl Default for Settings {
             media: MediaSettings::default(),
             webhooks: crate::webhooks::WebhookSettings::default(),
             postcall: crate::postcall::PostcallSettings::default(),
+            ingress: crate::ingress::IngressSettings::default(),
+            egress: crate::egress::EgressSettings::default(),
+            security: crate::crypto::SecuritySettings::default(),
         }
     }
 }
@@ -443,6 +471,13 @@ impl Settings {
             .scripted
             .load_lines()
             .map_err(|err| fail("stt.scripted", err))?;
+        if let Some(key) = &self.security.node_key {
+            crate::crypto::NodeKey::from_base64(key.expose())
+                .map_err(|err| fail("security.node_key", err.to_string()))?;
+        }
+        self.egress
+            .validate()
+            .map_err(|(key, message)| fail(key, message))?;
         for (key, value) in [
             ("calls.idle_timeout_secs", self.calls.idle_timeout_secs),
             ("calls.finish_timeout_secs", self.calls.finish_timeout_secs),

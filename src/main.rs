@@ -74,9 +74,12 @@ enum TenantCommand {
         /// Live calls it may have at once (default: the node's limit).
         #[arg(long)]
         max_concurrent_calls: Option<i32>,
-        /// Where its call.completed webhooks go.
+        /// Where its call.completed webhooks go (needs --webhook-secret).
         #[arg(long)]
         webhook_url: Option<String>,
+        /// Secret its webhooks are signed with (Standard Webhooks).
+        #[arg(long, env = "CALLENGINE_TENANT_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
     },
 }
 
@@ -216,12 +219,13 @@ async fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()
         api_token,
         max_concurrent_calls,
         webhook_url,
+        webhook_secret,
     } = command;
     let url = settings.database_url()?;
     if settings.database.url.is_none() {
         std::fs::create_dir_all(&settings.data_dir)?;
     }
-    let store = Store::connect(&url, StoreOptions::from_settings(&settings))?;
+    let store = Store::connect(&url, callengine::app::store_options(&settings)?)?;
     let patience = Duration::from_millis(settings.database.startup_timeout_ms);
     migrate_with_retry(&store, &url, patience).await?;
     let tenant = store
@@ -229,6 +233,7 @@ async fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()
             id,
             name,
             webhook_url,
+            webhook_secret: webhook_secret.map(callengine::store::Secret::new),
             media_token: media_token.map(callengine::store::Secret::new),
             media_open,
             api_token: api_token.map(callengine::store::Secret::new),

@@ -16,6 +16,7 @@ async fn tenant(app: &TestApp, token: &str) -> Uuid {
         .insert_tenant(&NewTenant {
             name: format!("api-{}", Uuid::new_v4()),
             api_token: Some(Secret::new(token)),
+            media_open: true,
             ..NewTenant::default()
         })
         .await
@@ -42,8 +43,8 @@ async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
 #[actix_web::test]
 async fn tenant_tokens_see_and_act_on_their_own_calls_only() {
     let app = TestApp::start(Backend::Sqlite, &[]).await;
-    let a = tenant(&app, "token-a").await;
-    let b = tenant(&app, "token-b").await;
+    let a = tenant(&app, "token-a-0123456789").await;
+    let b = tenant(&app, "token-b-0123456789").await;
     let mut call_a = VoiceClient::connect(app.port, Uuid::new_v4(), &query(a)).await;
     let id_a = call_a.wait_started().await;
     let mut call_b = VoiceClient::connect(app.port, Uuid::new_v4(), &query(b)).await;
@@ -55,7 +56,7 @@ async fn tenant_tokens_see_and_act_on_their_own_calls_only() {
     let (status, all) = get(&app, "/api/v1/calls", Some(TOKEN)).await;
     assert_eq!(status, 200);
     assert_eq!(all["calls"].as_array().unwrap().len(), 2);
-    let (_, only_a) = get(&app, "/api/v1/calls", Some("token-a")).await;
+    let (_, only_a) = get(&app, "/api/v1/calls", Some("token-a-0123456789")).await;
     let ids: Vec<&str> = only_a["calls"]
         .as_array()
         .unwrap()
@@ -73,15 +74,24 @@ async fn tenant_tokens_see_and_act_on_their_own_calls_only() {
     assert_eq!(filtered["calls"].as_array().unwrap().len(), 1);
 
     // The row with its live figures; another tenant's call is not found; no token, no data.
-    let (status, one) = get(&app, &format!("/api/v1/calls/{id_a}"), Some("token-a")).await;
+    let (status, one) = get(
+        &app,
+        &format!("/api/v1/calls/{id_a}"),
+        Some("token-a-0123456789"),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(one["call"]["id"], id_a.to_string());
     assert_eq!(one["live"]["state"], "live");
     assert!(one["live"]["frames_in"].as_u64().unwrap() > 0);
     assert_eq!(
-        get(&app, &format!("/api/v1/calls/{id_b}"), Some("token-a"))
-            .await
-            .0,
+        get(
+            &app,
+            &format!("/api/v1/calls/{id_b}"),
+            Some("token-a-0123456789")
+        )
+        .await
+        .0,
         404
     );
     assert_eq!(
@@ -95,7 +105,9 @@ async fn tenant_tokens_see_and_act_on_their_own_calls_only() {
         401
     );
     assert_eq!(
-        get(&app, "/api/v1/jobs", Some("token-a")).await.0,
+        get(&app, "/api/v1/jobs", Some("token-a-0123456789"))
+            .await
+            .0,
         403,
         "admin only"
     );
@@ -103,13 +115,13 @@ async fn tenant_tokens_see_and_act_on_their_own_calls_only() {
     // Hang-up: not another tenant's call; one's own through the normal flush.
     let hang = |id: Uuid| format!("/api/v1/calls/{id}/hangup");
     assert_eq!(
-        http_request(app.port, "POST", &hang(id_b), Some("token-a"))
+        http_request(app.port, "POST", &hang(id_b), Some("token-a-0123456789"))
             .await
             .0,
         404
     );
     assert_eq!(
-        http_request(app.port, "POST", &hang(id_a), Some("token-a"))
+        http_request(app.port, "POST", &hang(id_a), Some("token-a-0123456789"))
             .await
             .0,
         202
@@ -121,7 +133,7 @@ async fn tenant_tokens_see_and_act_on_their_own_calls_only() {
     let (status, transcript) = get(
         &app,
         &format!("/api/v1/calls/{id_a}/transcript"),
-        Some("token-a"),
+        Some("token-a-0123456789"),
     )
     .await;
     assert_eq!(status, 200);
@@ -132,7 +144,7 @@ async fn tenant_tokens_see_and_act_on_their_own_calls_only() {
         app.port,
         "GET",
         &format!("/api/v1/calls/{id_a}/transcript?format=text"),
-        Some("token-a"),
+        Some("token-a-0123456789"),
     )
     .await;
     assert_eq!(status, 200);
@@ -157,7 +169,8 @@ async fn a_registered_call_is_linked_by_the_platforms_conversation() {
         .insert_tenant(&NewTenant {
             id: Some(tenant_id),
             name: format!("reg-{tenant_id}"),
-            api_token: Some(Secret::new("token-reg")),
+            api_token: Some(Secret::new("token-reg-0123456789")),
+            webhooks_unsigned: true,
             ..NewTenant::default()
         })
         .await
@@ -165,7 +178,7 @@ async fn a_registered_call_is_linked_by_the_platforms_conversation() {
     let lead = Uuid::new_v4();
     let conversation = format!("conv_{}", Uuid::new_v4().simple());
     let body = json!({ "conversation_id": conversation, "lead_id": lead, "direction": "outbound" });
-    let auth = "Bearer token-reg".to_string();
+    let auth = "Bearer token-reg-0123456789".to_string();
     let (status, text) = http_post(
         app.port,
         "/api/v1/calls",
@@ -192,7 +205,12 @@ async fn a_registered_call_is_linked_by_the_platforms_conversation() {
     assert_eq!(status, 201, "{text}");
     let stored: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(stored["call_id"], call_id);
-    let (_, row) = get(&app, &format!("/api/v1/calls/{call_id}"), Some("token-reg")).await;
+    let (_, row) = get(
+        &app,
+        &format!("/api/v1/calls/{call_id}"),
+        Some("token-reg-0123456789"),
+    )
+    .await;
     assert_eq!(row["call"]["lead_id"], lead.to_string());
     assert_eq!(row["call"]["direction"], "outbound");
 
@@ -228,18 +246,19 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
 #[actix_web::test]
 async fn call_metrics_follow_a_call_without_call_ids_as_labels() {
     let app = TestApp::start(Backend::Sqlite, &[]).await;
-    let tenant_id = Uuid::new_v4();
+    let tenant_id = common::voice::OPEN_TENANT;
     let mut client = VoiceClient::connect(app.port, Uuid::new_v4(), &query(tenant_id)).await;
     let call_id = client.wait_started().await;
     client.send_audio(400, &tone()).await;
     client.send_binary(vec![0u8; 641]).await;
     client.wait_finals(2).await;
-    let active = format!("callengine_calls_active{{protocol=\"voice\",tenant=\"{tenant_id}\"}}");
-    let (_, during) = common::http_get(app.port, "/metrics").await;
+    // No tenant label: label values never come from callers (docs/operations.md).
+    let active = "callengine_calls_active{protocol=\"voice\"}".to_string();
+    let (_, during) = common::metrics(app.port).await;
     assert_eq!(metric(&during, &active), Some(1.0), "{during}");
     client.close(1000).await;
     let log = client.finished().await;
-    let (_, after) = common::http_get(app.port, "/metrics").await;
+    let (_, after) = common::metrics(app.port).await;
     assert_eq!(metric(&after, &active), Some(0.0));
     assert_eq!(
         metric(&after, "callengine_calls_started_total{protocol=\"voice\"}"),
@@ -408,7 +427,8 @@ async fn metrics_parse_as_exposition_move_with_a_call_and_can_require_a_token() 
     assert_eq!(status, 200);
     let before = parse_exposition(&before);
 
-    let mut client = VoiceClient::connect(app.port, Uuid::new_v4(), &query(Uuid::new_v4())).await;
+    let mut client =
+        VoiceClient::connect(app.port, Uuid::new_v4(), &query(common::voice::OPEN_TENANT)).await;
     client.wait_started().await;
     client.send_audio(400, &tone()).await;
     client.wait_finals(2).await;
@@ -495,13 +515,13 @@ fn events_until_ended(feed: &std::sync::mpsc::Receiver<Value>, n: usize) -> Vec<
 #[actix_web::test]
 async fn the_event_feed_streams_each_tenants_calls_with_durable_finals() {
     let app = TestApp::start(Backend::Sqlite, &[]).await;
-    let a = tenant(&app, "token-a").await;
-    let b = tenant(&app, "token-b").await;
+    let a = tenant(&app, "token-a-0123456789").await;
+    let b = tenant(&app, "token-b-0123456789").await;
     let port = app.port;
     let (admin_feed, a_feed, anonymous) = tokio::task::spawn_blocking(move || {
         (
             open_feed(port, Some(TOKEN)),
-            open_feed(port, Some("token-a")),
+            open_feed(port, Some("token-a-0123456789")),
             open_feed(port, None).map(|_| ()),
         )
     })
@@ -582,7 +602,7 @@ async fn the_event_feed_streams_each_tenants_calls_with_durable_finals() {
 #[actix_web::test]
 async fn mailbox_depths_and_process_figures_are_reported() {
     let app = TestApp::start(Backend::Sqlite, &[]).await;
-    let a = tenant(&app, "token-a").await;
+    let a = tenant(&app, "token-a-0123456789").await;
     let mut call = VoiceClient::connect(app.port, Uuid::new_v4(), &query(a)).await;
     call.wait_started().await;
     call.send_audio(400, &tone()).await;
@@ -595,7 +615,7 @@ async fn mailbox_depths_and_process_figures_are_reported() {
     assert!(mailbox["stt_audio_peak"].as_i64().unwrap() >= 1, "{live}");
     assert_eq!(mailbox["persister"], 0);
     assert!(mailbox["outbound"].as_i64().is_some());
-    let (status, metrics) = common::http_get(app.port, "/metrics").await;
+    let (status, metrics) = common::metrics(app.port).await;
     assert_eq!(status, 200);
     assert!(
         metrics.contains("callengine_mailbox_depth{mailbox=\"stt_audio\"} 0"),
@@ -619,7 +639,7 @@ async fn mailbox_depths_and_process_figures_are_reported() {
     // actor's timer used to keep every finished call's STT actor alive).
     let mut gone = false;
     for _ in 0..100 {
-        let (_, metrics) = common::http_get(app.port, "/metrics").await;
+        let (_, metrics) = common::metrics(app.port).await;
         if metrics.contains("callengine_actors{kind=\"stt\"} 0")
             && metrics.contains("callengine_actors{kind=\"call\"} 0")
         {

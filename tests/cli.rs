@@ -248,16 +248,25 @@ async fn tenant_create_migrates_stores_the_tenant_and_prints_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(callengine(dir.path())
         .args(["tenant", "create", "--name", "acme", "--media-open"])
-        .args(["--max-concurrent-calls", "3000", "--api-token", "acme-api"])
+        .args([
+            "--max-concurrent-calls",
+            "3000",
+            "--api-token",
+            "acme-api-0123456789",
+        ])
         .env("DATABASE_URL", &db.url_string));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id: uuid::Uuid = text(&out.stdout).trim().parse().unwrap();
     let tenant = db.store.get_tenant(id).await.unwrap().unwrap();
     assert_eq!(tenant.name, "acme");
     assert!(tenant.media_open);
-    assert!(tenant.media_token.is_none());
+    assert!(tenant.media_token_sha256.is_none());
     assert_eq!(tenant.max_concurrent_calls, Some(3000));
-    let by_token = db.store.tenant_by_api_token("acme-api").await.unwrap();
+    let by_token = db
+        .store
+        .tenant_by_api_token("acme-api-0123456789")
+        .await
+        .unwrap();
     assert_eq!(by_token.map(|t| t.id), Some(id));
     // The token never shows in what the command prints.
     assert!(!text(&out.stdout).contains("acme-api") && !text(&out.stderr).contains("acme-api"));

@@ -343,6 +343,7 @@ async fn each_tenant_gets_its_own_provider_and_an_unavailable_one_fails_the_call
         cost_per_second_micros: 1_000,
         stt_provider: provider.map(String::from),
         stt_api_key: None,
+        media_open: true,
         ..NewTenant::default()
     };
     let scripted = app
@@ -427,6 +428,7 @@ async fn a_tenants_own_key_is_used_instead_of_the_nodes() {
         cost_per_second_micros: 1_000,
         stt_provider: Some(provider.into()),
         stt_api_key: key.map(Secret::new),
+        media_open: true,
         ..NewTenant::default()
     };
     let own = app

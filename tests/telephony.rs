@@ -22,7 +22,7 @@ use uuid::Uuid;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-const TOKEN: &str = "media-secret";
+const TOKEN: &str = "media-secret-0123456789";
 
 async fn app(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
     let mut settings = vec![
@@ -712,7 +712,15 @@ async fn twilio_mulaw_8k_is_transcribed_by_local_whisper() {
 #[actix_web::test]
 async fn twilio_signature_on_the_upgrade_is_verified_when_the_tenant_has_an_auth_token() {
     use hmac::{Hmac, KeyInit, Mac};
-    let app = app(Backend::Sqlite, &[]).await;
+    // The signature covers the configured public URL, never the request's own Host header.
+    let app = app(
+        Backend::Sqlite,
+        &[(
+            "CALLENGINE_WEBHOOKS__PUBLIC_BASE_URL",
+            "https://media.example.com",
+        )],
+    )
+    .await;
     let tenant_id = app
         .store()
         .insert_tenant(&NewTenant {
@@ -731,10 +739,12 @@ async fn twilio_signature_on_the_upgrade_is_verified_when_the_tenant_has_an_auth
         mac.update(url.as_bytes());
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     };
-    let url = format!("wss://127.0.0.1:{}/ws/twilio", app.port);
+    let url = "wss://media.example.com/ws/twilio".to_string();
+    let own_host = format!("wss://127.0.0.1:{}/ws/twilio", app.port);
     for (signature, accepted) in [
         (sign("twilio-auth-token", &url), true),
         (sign("another-token", &url), false),
+        (sign("twilio-auth-token", &own_host), false),
     ] {
         let sid = format!("CA{}", Uuid::new_v4().simple());
         let mut ws = connect(

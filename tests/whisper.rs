@@ -231,7 +231,7 @@ async fn live_calls_get_one_turn_per_utterance_and_silence_gets_none() {
     .await;
 
     // The engine's load is visible to Prometheus: three final decodes, nothing waiting.
-    let (status, metrics) = common::http_get(app.port, "/metrics").await;
+    let (status, metrics) = common::metrics(app.port).await;
     assert_eq!(status, 200);
     for line in [
         "callengine_whisper_workers 1",

@@ -23,7 +23,7 @@ use super::end::EndReason;
 use super::events::LiveEvent;
 use super::limits::CallPermit;
 use super::outbound::Outbound;
-use super::registry::{ClaimExternal, Register, ReleaseExternal, Unregister};
+use super::registry::{Claim, Register, ReleaseClaim, Unregister};
 use super::CallDeps;
 use crate::media::{MediaEvent, MediaInput};
 use crate::persist::PersistTurn;
@@ -354,10 +354,7 @@ impl CallActor {
             .inc();
         let active = metrics
             .active
-            .get_or_create(&crate::ops::metrics::ActiveLabels {
-                protocol,
-                tenant: self.params.tenant_id.to_string(),
-            })
+            .get_or_create(&crate::ops::metrics::ActiveLabels { protocol })
             .clone();
         active.inc();
         self.active_gauge = Some(active);
@@ -425,7 +422,7 @@ impl CallActor {
         let message = format!(
             "{} call {} is already live on another stream",
             self.params.protocol,
-            self.params.external_id.as_deref().unwrap_or_default()
+            crate::ingress::bounded(self.params.external_id.as_deref().unwrap_or_default(), 64)
         );
         tracing::warn!(%message, "twin stream refused");
         self.send_event(json!({ "type": "error", "message": message }));
@@ -436,17 +433,22 @@ impl CallActor {
 
     fn fail_start(&mut self, err: StoreError, ctx: &mut Context<Self>) {
         let (code, message) = match &err {
+            // Another tenant's call and an ended one are refused alike, naming neither.
+            StoreError::CallUnavailable => (1008, err.to_string()),
             StoreError::CallNotActive { .. }
             | StoreError::ExternalIdInUse { .. }
             | StoreError::InvalidInput(_) => (4000, err.to_string()),
             _ => (1011, format!("could not start the call: {err}")),
         };
         tracing::warn!(error = %err, code, "call refused at start");
-        if let Some(external_id) = self.params.external_id.clone() {
-            self.deps
-                .registry
-                .do_send(ReleaseExternal(self.params.protocol, external_id));
-        }
+        self.deps.registry.do_send(ReleaseClaim {
+            external: self
+                .params
+                .external_id
+                .clone()
+                .map(|id| (self.params.protocol, id)),
+            call_id: self.params.call_id,
+        });
         self.send_event(json!({ "type": "error", "message": message }));
         self.send_close(code, message);
         self.phase = Phase::Done;
@@ -747,20 +749,28 @@ impl Actor for CallActor {
         if let Some(input) = self.input.take() {
             ctx.add_stream(input);
         }
-        // One actor per transport call: a second stream for a live call id is refused before
-        // it touches the row (media waits meanwhile).
-        match self.params.external_id.clone() {
-            None => self.start_call(ctx),
-            Some(external_id) => {
-                let claim = ClaimExternal(self.params.protocol, external_id);
-                ctx.wait(self.deps.registry.send(claim).into_actor(self).map(
-                    |claimed, act, ctx| match claimed {
-                        Ok(true) => act.start_call(ctx),
-                        _ => act.refuse_twin(ctx),
-                    },
-                ));
-            }
+        // One actor per call: a second stream for a live transport id, or one linking into a
+        // call another stream carries, is refused before it touches the row (media waits
+        // meanwhile).
+        let claim = Claim {
+            external: self
+                .params
+                .external_id
+                .clone()
+                .map(|id| (self.params.protocol, id)),
+            call_id: self.params.call_id,
+        };
+        if claim.external.is_none() && claim.call_id.is_none() {
+            return self.start_call(ctx);
         }
+        ctx.wait(
+            self.deps.registry.send(claim).into_actor(self).map(
+                |claimed, act, ctx| match claimed {
+                    Ok(true) => act.start_call(ctx),
+                    _ => act.refuse_twin(ctx),
+                },
+            ),
+        );
     }
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
         let _span = self.span.clone().entered();

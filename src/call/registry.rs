@@ -74,17 +74,24 @@ struct LiveCall {
     key: Option<(Protocol, String)>,
 }
 
-/// Reserves a transport's call id for a starting actor. `false`: a live actor already carries
-/// that call (or another stream is starting it) — the newcomer must not become its twin. An
-/// entry whose actor is gone (stopped without unregistering) is taken over.
+/// Reserves a starting actor's call: its transport id and, when the stream links to an
+/// existing call, that call's id. `false`: a live actor already carries that call (or another
+/// stream is starting it) — the newcomer must not become its twin, nor a second writer of a
+/// live call. An entry whose actor is gone (stopped without unregistering) is taken over.
 #[derive(Message)]
 #[rtype(result = "bool")]
-pub struct ClaimExternal(pub Protocol, pub String);
+pub struct Claim {
+    pub external: Option<(Protocol, String)>,
+    pub call_id: Option<Uuid>,
+}
 
 /// A claim whose call never started.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ReleaseExternal(pub Protocol, pub String);
+pub struct ReleaseClaim {
+    pub external: Option<(Protocol, String)>,
+    pub call_id: Option<Uuid>,
+}
 
 /// Live calls of this process.
 #[derive(Default)]
@@ -92,6 +99,7 @@ pub struct CallRegistry {
     calls: HashMap<Uuid, LiveCall>,
     by_external: HashMap<(Protocol, String), Uuid>,
     claimed: std::collections::HashSet<(Protocol, String)>,
+    claimed_calls: std::collections::HashSet<Uuid>,
     persisters: usize,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
@@ -118,6 +126,7 @@ impl Handler<Register> for CallRegistry {
         if self.draining {
             msg.addr.do_send(Finish(EndReason::Shutdown));
         }
+        self.claimed_calls.remove(&msg.call_id);
         let key = msg.external_id.map(|id| (msg.protocol, id));
         if let Some(key) = &key {
             self.claimed.remove(key);
@@ -149,29 +158,46 @@ impl Handler<Unregister> for CallRegistry {
     }
 }
 
-impl Handler<ClaimExternal> for CallRegistry {
+impl Handler<Claim> for CallRegistry {
     type Result = bool;
 
-    fn handle(&mut self, msg: ClaimExternal, _ctx: &mut Self::Context) -> bool {
-        let key = (msg.0, msg.1);
-        if self.claimed.contains(&key) {
-            return false;
-        }
-        if let Some(call_id) = self.by_external.get(&key) {
-            if self.calls.get(call_id).is_some_and(|c| c.addr.connected()) {
+    fn handle(&mut self, msg: Claim, _ctx: &mut Self::Context) -> bool {
+        if let Some(call_id) = msg.call_id {
+            let live = self.calls.get(&call_id).is_some_and(|c| c.addr.connected());
+            if live || self.claimed_calls.contains(&call_id) {
                 return false;
             }
         }
-        self.claimed.insert(key);
+        if let Some(key) = &msg.external {
+            if self.claimed.contains(key) {
+                return false;
+            }
+            if let Some(call_id) = self.by_external.get(key) {
+                if self.calls.get(call_id).is_some_and(|c| c.addr.connected()) {
+                    return false;
+                }
+            }
+        }
+        if let Some(call_id) = msg.call_id {
+            self.claimed_calls.insert(call_id);
+        }
+        if let Some(key) = msg.external {
+            self.claimed.insert(key);
+        }
         true
     }
 }
 
-impl Handler<ReleaseExternal> for CallRegistry {
+impl Handler<ReleaseClaim> for CallRegistry {
     type Result = ();
 
-    fn handle(&mut self, msg: ReleaseExternal, _ctx: &mut Self::Context) {
-        self.claimed.remove(&(msg.0, msg.1));
+    fn handle(&mut self, msg: ReleaseClaim, _ctx: &mut Self::Context) {
+        if let Some(key) = msg.external {
+            self.claimed.remove(&key);
+        }
+        if let Some(call_id) = msg.call_id {
+            self.claimed_calls.remove(&call_id);
+        }
     }
 }
 

@@ -70,7 +70,8 @@ pub struct LoadgenArgs {
     /// Finals every call must get (checked live and in the database; a mismatch fails the run).
     #[arg(long)]
     pub expect_turns: Option<usize>,
-    /// Tenant of every call (default: a fresh id, which only the generic socket accepts).
+    /// Tenant of every call (default: the engine's open local tenant, served only by a node
+    /// that listens on loopback).
     #[arg(long)]
     pub tenant_id: Option<Uuid>,
     /// The tenant's media token (carrier protocols: in-band or as a bearer token).
@@ -343,7 +344,9 @@ async fn run_async(args: &LoadgenArgs, audio: Bytes) -> anyhow::Result<Report> {
         protocol: args.protocol,
         base: args.url.trim_end_matches('/').to_string(),
         audiosocket_addr: args.audiosocket_addr.clone(),
-        tenant_id: args.tenant_id.unwrap_or_else(Uuid::new_v4),
+        tenant_id: args
+            .tenant_id
+            .unwrap_or(crate::ingress::admission::LOCAL_TENANT),
         token: args.token.clone(),
         frames: transport::Frames::encode(args.protocol, &audio),
         audio_ms: (

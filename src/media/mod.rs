@@ -1,22 +1,18 @@
 //! Media transports. Every transport — the generic PCM WebSocket, Vonage, Twilio Media Streams,
 //! FreeSWITCH audio_fork, Asterisk AudioSocket — ends in the same stream of [`MediaEvent`]s, so
-//! the `CallActor` and everything after it are protocol-blind. The parsers (`twilio`, `vonage`,
-//! `audiofork`, `audiosocket`, `normalize`) are pure; the handlers here only do I/O.
+//! the `CallActor` and everything after it are protocol-blind. Everything here is pure: the
+//! parsers (`twilio`, `vonage`, `audiofork`, `audiosocket`, `voice`) and the `normalize`r. The
+//! sockets, handshakes and admission live in [`crate::ingress`].
 
 pub mod audiofork;
 pub mod audiosocket;
-pub mod auth;
-pub mod carriers;
 pub mod normalize;
-pub mod socket_server;
 pub mod twilio;
 pub mod voice;
 pub mod vonage;
 
-use actix_ws::{Message as WsMessage, MessageStream, ProtocolError};
 use bytes::Bytes;
 use futures_util::stream::LocalBoxStream;
-use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -47,39 +43,6 @@ pub enum MediaEvent {
 
 /// A call's input.
 pub type MediaInput = LocalBoxStream<'static, MediaEvent>;
-
-/// A WebSocket data message, for a protocol's translator.
-pub enum WsData {
-    Text(String),
-    Binary(Bytes),
-}
-
-/// Maps a WebSocket's messages through `translate` (text and binary) into media events; pings,
-/// closes and protocol errors are handled the same way for every protocol.
-pub fn ws_input(
-    stream: MessageStream,
-    mut translate: impl FnMut(WsData) -> Vec<MediaEvent> + 'static,
-) -> MediaInput {
-    stream
-        .map(move |item| match item {
-            Ok(WsMessage::Text(text)) => translate(WsData::Text(text.to_string())),
-            Ok(WsMessage::Binary(data)) => translate(WsData::Binary(data)),
-            Ok(WsMessage::Ping(payload)) => vec![MediaEvent::Ping(payload)],
-            Ok(WsMessage::Close(_)) => vec![MediaEvent::Closed],
-            Ok(WsMessage::Pong(_) | WsMessage::Nop) => Vec::new(),
-            Ok(WsMessage::Continuation(_)) => {
-                vec![MediaEvent::Ignored("continuation frame".into())]
-            }
-            // A reset connection surfaces as an I/O error: the caller is gone, not misbehaving.
-            Err(ProtocolError::Io(err)) => vec![MediaEvent::Lost(err.to_string())],
-            Err(err) => vec![MediaEvent::ProtocolError {
-                too_big: matches!(err, ProtocolError::Overflow),
-                detail: err.to_string(),
-            }],
-        })
-        .flat_map(futures_util::stream::iter)
-        .boxed_local()
-}
 
 /// Who a carrier call belongs to, read from the key/value pairs the carrier passes through
 /// (Vonage headers, Twilio custom parameters, audio_fork metadata).

@@ -52,6 +52,11 @@ struct Channel {
     pending: Vec<u8>,
 }
 
+/// Sample rates a transport may announce (telephony, AudioSocket's slin rates, common audio).
+pub const SUPPORTED_RATES: [u32; 11] = [
+    8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 96_000, 192_000,
+];
+
 /// One call's converter.
 pub struct Normalizer {
     format: AudioFormat,
@@ -70,7 +75,9 @@ impl Normalizer {
                 format.channels
             ));
         }
-        if !(8_000..=192_000).contains(&format.sample_rate) {
+        // A fixed set: an odd rate (191 999 Hz) would build a resampler table of millions of
+        // taps for every connection that names it, before the tenant is even admitted.
+        if !SUPPORTED_RATES.contains(&format.sample_rate) {
             return Err(format!(
                 "sample rate {} Hz is not supported",
                 format.sample_rate

@@ -6,17 +6,9 @@
 //! parameters: a JSON `{"type":"error","message":…}` naming the problem, then close 4000, and no
 //! call row.
 
-use std::sync::Arc;
-
-use actix::Actor;
-use actix_web::{get, web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
-use super::{ws_input, MediaEvent, WsData};
-use crate::app::AppState;
-use crate::audio::pcm::{validate_frame, PcmFormat};
-use crate::call::actor::{CallActor, CallParams};
-use crate::call::outbound::spawn_writer;
+use crate::call::actor::CallParams;
 use crate::store::Protocol;
 
 /// Largest WebSocket message accepted; bigger ones end the call with 1009.
@@ -61,83 +53,6 @@ pub fn parse_params(external_uuid: &str, query: &str) -> Result<CallParams, Stri
         metadata: None,
     };
     Ok(params)
-}
-
-/// The WebSocket upgrade: starts a `CallActor`, or answers bad parameters with 4000.
-#[get("/ws/voice/{external_uuid}")]
-pub async fn voice_ws(
-    req: HttpRequest,
-    path: web::Path<String>,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    if state.is_draining() {
-        return Ok(HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "status": "draining", "reason": "node is shutting down"
-        })));
-    }
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    match parse_params(&path, req.query_string()) {
-        Ok(params) => match state.limiter.try_acquire(params.tenant_id, None) {
-            Ok(permit) => {
-                let out = spawn_writer(session, true);
-                let input = ws_input(stream, translate);
-                CallActor::new(Arc::clone(&state.calls), params, input, out, Some(permit)).start();
-            }
-            Err(reason) => {
-                tracing::warn!(%reason, "voice session refused: limit");
-                actix_web::rt::spawn(close_with(session, 1013, reason));
-            }
-        },
-        Err(message) => {
-            tracing::warn!(%message, "voice session refused");
-            actix_web::rt::spawn(reject(session, message));
-        }
-    }
-    Ok(response)
-}
-
-/// The generic protocol: binary PCM s16le 16 kHz mono in whole 20 ms frames (up to 100 ms);
-/// text `{"type":"stop"}` ends the call.
-fn translate(data: WsData) -> Vec<MediaEvent> {
-    match data {
-        WsData::Binary(pcm) => match validate_frame(PcmFormat::WIDEBAND, &pcm) {
-            Ok(_) => vec![MediaEvent::Audio { channel: 0, pcm }],
-            Err(reason) => vec![MediaEvent::Invalid(reason.to_string())],
-        },
-        WsData::Text(text) => {
-            let kind = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| {
-                    v.get("type")
-                        .or_else(|| v.get("event"))
-                        .and_then(|t| t.as_str())
-                        .map(String::from)
-                });
-            match kind.as_deref() {
-                Some("stop") => vec![MediaEvent::Stop],
-                _ => vec![MediaEvent::Ignored(format!(
-                    "text message of {} bytes",
-                    text.len()
-                ))],
-            }
-        }
-    }
-}
-
-async fn reject(mut session: actix_ws::Session, message: String) {
-    let event = serde_json::json!({ "type": "error", "message": message });
-    let _ = session.text(event.to_string()).await;
-    close_with(session, 4000, message).await;
-}
-
-async fn close_with(session: actix_ws::Session, code: u16, message: String) {
-    let reason = actix_ws::CloseReason {
-        code: actix_ws::CloseCode::from(code),
-        description: Some(message),
-    };
-    let _ = session.close(Some(reason)).await;
 }
 
 #[cfg(test)]

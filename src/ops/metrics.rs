@@ -1,8 +1,12 @@
 //! `GET /metrics`: Prometheus metrics in the OpenMetrics text format (prometheus-client).
 //!
-//! Every family is prefixed `callengine_`; labels have a small fixed set of values (never a
-//! call id). The local Whisper engine reports its queue, its busy workers, each decode with the
-//! audio it covered (real-time factor = `rate(callengine_whisper_decode_seconds_sum)` /
+//! Every family is prefixed `callengine_`; every label takes its value from a small fixed set
+//! (an enum of the engine or a literal in its code), never from what a client sent: no call id,
+//! no tenant id, no external id. The recording helpers below fold a value outside their set
+//! into `other`, so even a caller's mistake cannot grow a family without bound.
+//!
+//! The local Whisper engine reports its queue, its busy workers, each decode with the audio it
+//! covered (real-time factor = `rate(callengine_whisper_decode_seconds_sum)` /
 //! `rate(callengine_whisper_audio_seconds_total)`, also kept as a moving average gauge), and the
 //! partial re-decodes it skipped because the queue was full.
 
@@ -148,12 +152,31 @@ pub struct ProtocolLabels {
     pub protocol: String,
 }
 
-/// `protocol` and `tenant` (tenants are few; never a call id).
+/// `protocol` of the live-calls gauge. No tenant label: a tenant id comes from the caller
+/// (and from unauthenticated input on some ways in), so it would let anyone grow the series set;
+/// per-tenant live counts are in `GET /api/v1/calls`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActiveLabels {
     pub protocol: String,
-    pub tenant: String,
 }
+
+/// `value` if it is one of `allowed`, else `other`: label values stay in a fixed set.
+fn bounded(value: &str, allowed: &[&str]) -> String {
+    if allowed.contains(&value) {
+        value.into()
+    } else {
+        "other".into()
+    }
+}
+
+/// Values of the `result` label of `audio_frames_total`.
+pub const FRAME_RESULTS: &[&str] = &["ok", "invalid", "dropped"];
+/// Values of the `kind` label of `actors`.
+pub const ACTOR_KINDS: &[&str] = &["call", "stt"];
+/// Values of the `outcome` label of `postcall_jobs_total`.
+pub const JOB_OUTCOMES: &[&str] = &["done", "retry", "dead", "not_owned"];
+/// Values of the `outcome` label of `webhook_deliveries_total`.
+pub const WEBHOOK_OUTCOMES: &[&str] = &["delivered", "retry", "dead"];
 
 /// `protocol` and `result` (`ok`, `invalid`, `dropped`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,7 +209,9 @@ impl CallMetrics {
     /// dropped).
     pub fn actors_of(&self, kind: &str) -> Gauge {
         self.actors
-            .get_or_create(&ActorLabels { kind: kind.into() })
+            .get_or_create(&ActorLabels {
+                kind: bounded(kind, ACTOR_KINDS),
+            })
             .clone()
     }
 }
@@ -252,8 +277,11 @@ impl CallMetrics {
     pub fn frames(&self, protocol: &str, result: &str, n: u64) {
         self.frames
             .get_or_create(&FrameLabels {
-                protocol: protocol.into(),
-                result: result.into(),
+                protocol: protocol
+                    .parse::<crate::store::Protocol>()
+                    .map_or("other", |p| p.as_str())
+                    .into(),
+                result: bounded(result, FRAME_RESULTS),
             })
             .inc_by(n);
     }
@@ -261,7 +289,7 @@ impl CallMetrics {
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "calls_active",
-            "Live call actors by protocol and tenant",
+            "Live call actors by protocol",
             self.active.clone(),
         );
         registry.register(
@@ -342,7 +370,7 @@ impl PostcallMetrics {
     pub fn job(&self, outcome: &str) {
         self.jobs
             .get_or_create(&OutcomeLabels {
-                outcome: outcome.into(),
+                outcome: bounded(outcome, JOB_OUTCOMES),
             })
             .inc();
     }
@@ -351,7 +379,7 @@ impl PostcallMetrics {
     pub fn webhook(&self, outcome: &str) {
         self.webhooks
             .get_or_create(&OutcomeLabels {
-                outcome: outcome.into(),
+                outcome: bounded(outcome, WEBHOOK_OUTCOMES),
             })
             .inc();
     }
@@ -411,22 +439,30 @@ impl Metrics {
     }
 }
 
-/// Prometheus scrape endpoint: open, like the health endpoints, unless `api.metrics_token` is
-/// set (then that token or the admin token, as a bearer token).
+/// Prometheus scrape endpoint. Open only when no token is configured at all (the zero-config
+/// run); once `api.admin_token` or `api.metrics_token` is set it needs one of them as
+/// `Authorization: Bearer …` (401 otherwise, before anything is encoded).
 #[get("/metrics")]
 pub async fn scrape(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Some(expected) = &state.metrics_token {
+    let accepted: Vec<&crate::config::Secret> = [&state.metrics_token, &state.admin_token]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !accepted.is_empty() {
         let given = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
             .unwrap_or_default();
-        let eq = |s: &crate::config::Secret| {
-            crate::media::auth::constant_time_eq(given.as_bytes(), s.expose().as_bytes())
-        };
-        if !(eq(expected) || state.admin_token.as_ref().is_some_and(eq)) {
+        // Every configured token is compared (no early exit on a match).
+        let matched = accepted.iter().fold(false, |matched, token| {
+            crate::crypto::constant_time_eq(given.as_bytes(), token.expose().as_bytes()) | matched
+        });
+        if given.is_empty() || !matched {
             return HttpResponse::Unauthorized()
+                .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"))
                 .json(serde_json::json!({ "error": "missing or wrong bearer token" }));
         }
     }
@@ -465,6 +501,39 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn label_values_outside_their_set_fold_into_other() {
+        let metrics = Metrics::default();
+        for i in 0..50 {
+            let junk = format!("{}-{i}", uuid::Uuid::new_v4());
+            metrics.calls.frames(&junk, &junk, 1);
+            metrics.calls.actors_of(&junk).inc();
+            metrics.postcall.job(&junk);
+            metrics.postcall.webhook(&junk);
+        }
+        metrics.calls.frames("voice", "ok", 1);
+        metrics.postcall.job("done");
+        let text = metrics.encode();
+        let series = |family: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .count()
+        };
+        assert_eq!(series("callengine_audio_frames_total"), 2, "{text}");
+        assert_eq!(series("callengine_actors"), 1, "{text}");
+        assert_eq!(series("callengine_postcall_jobs_total"), 2, "{text}");
+        for line in [
+            "callengine_audio_frames_total{protocol=\"other\",result=\"other\"} 50",
+            "callengine_audio_frames_total{protocol=\"voice\",result=\"ok\"} 1",
+            "callengine_actors{kind=\"other\"} 50",
+            "callengine_postcall_jobs_total{outcome=\"other\"} 50",
+            "callengine_postcall_jobs_total{outcome=\"done\"} 1",
+            "callengine_webhook_deliveries_total{outcome=\"other\"} 50",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]

@@ -244,6 +244,7 @@ fn is_permanent(err: &StoreError) -> bool {
             | StoreError::CallNotActive { .. }
             | StoreError::InvalidInput(_)
             | StoreError::ExternalIdInUse { .. }
+            | StoreError::CallUnavailable
             | StoreError::Corrupt(_)
     )
 }

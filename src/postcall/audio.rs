@@ -11,8 +11,23 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-/// Decodes a recording to 16 kHz mono samples in `[-1, 1]`. The error says what is wrong.
+/// Longest recording [`decode_to_16k_mono`] decodes: four hours.
+pub const DEFAULT_MAX_SECS: u64 = 4 * 3600;
+
+/// Decodes a recording to 16 kHz mono samples in `[-1, 1]`, at most [`DEFAULT_MAX_SECS`].
 pub fn decode_to_16k_mono(bytes: &[u8], hint_extension: Option<&str>) -> Result<Vec<f32>, String> {
+    decode_to_16k_mono_capped(bytes, hint_extension, DEFAULT_MAX_SECS)
+}
+
+/// Decodes a recording to 16 kHz mono samples in `[-1, 1]`. A recording longer than
+/// `max_secs` is refused as soon as that much is decoded (or at once when its header says so):
+/// a few megabytes of low-bit-rate MP3 must not become gigabytes of samples. The error says
+/// what is wrong.
+pub fn decode_to_16k_mono_capped(
+    bytes: &[u8],
+    hint_extension: Option<&str>,
+    max_secs: u64,
+) -> Result<Vec<f32>, String> {
     if bytes.is_empty() {
         return Err("the recording is empty".into());
     }
@@ -38,6 +53,17 @@ pub fn decode_to_16k_mono(bytes: &[u8], hint_extension: Option<&str>) -> Result<
         .codec_params
         .sample_rate
         .ok_or("the recording does not say its sample rate")?;
+    // A header may claim any rate: 1 Hz would resample a few kB into millions of samples.
+    if !(8_000..=192_000).contains(&rate) {
+        return Err(format!(
+            "the recording's sample rate {rate} Hz is not supported (8 to 192 kHz)"
+        ));
+    }
+    let max_frames = max_secs.saturating_mul(u64::from(rate));
+    let too_long = || format!("the recording is longer than the {max_secs} s decoded at most");
+    if track.codec_params.n_frames.is_some_and(|n| n > max_frames) {
+        return Err(too_long());
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
         .map_err(|e| format!("unsupported codec: {e}"))?;
@@ -66,6 +92,9 @@ pub fn decode_to_16k_mono(bytes: &[u8], hint_extension: Option<&str>) -> Result<
         buffer.copy_interleaved_ref(decoded);
         for frame in buffer.samples().chunks(channels) {
             mono.push(frame.iter().sum::<f32>() / channels as f32);
+        }
+        if mono.len() as u64 > max_frames {
+            return Err(too_long());
         }
     }
     if mono.is_empty() {
@@ -114,6 +143,15 @@ mod tests {
         let ulaw = vec![0x80u8; 8_000];
         let out = decode_to_16k_mono(&wav(7, 8, 8_000, &ulaw), Some("wav")).unwrap();
         assert!((15_990..=16_000).contains(&out.len()), "{}", out.len());
+    }
+
+    #[test]
+    fn recordings_past_the_cap_are_refused() {
+        let pcm = vec![0u8; 8_000 * 2 * 3]; // 3 s at 8 kHz
+        let file = wav(1, 16, 8_000, &pcm);
+        assert!(decode_to_16k_mono_capped(&file, Some("wav"), 3).is_ok());
+        let err = decode_to_16k_mono_capped(&file, Some("wav"), 2).unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
     }
 
     #[test]

@@ -115,18 +115,27 @@ pub struct AttemptResult {
     pub error: Option<String>,
 }
 
-/// POSTs `payload` to `url`, signed with `secret` when there is one. Blocking: call from a
-/// blocking task.
+/// POSTs `payload` to `url`, signed with `secret` (always: there is no unsigned delivery),
+/// under the egress policy. Blocking: call from a blocking task.
 pub fn attempt(
+    egress: &crate::egress::EgressPolicy,
     url: &str,
     event_id: &str,
     payload: &Value,
-    secret: Option<&str>,
+    secret: &str,
     timeout: Duration,
 ) -> AttemptResult {
+    if let Err(err) = egress.check_url(url) {
+        return AttemptResult {
+            delivered: false,
+            status: None,
+            body: None,
+            error: Some(err.to_string()),
+        };
+    }
     let body = payload.to_string();
     let timestamp = Utc::now().timestamp();
-    let mut request = super::http_agent(timeout)
+    let request = super::http_agent(egress, timeout)
         .post(url)
         .header("content-type", "application/json")
         .header("webhook-id", event_id)
@@ -135,12 +144,10 @@ pub fn attempt(
             "user-agent",
             concat!("callengine/", env!("CARGO_PKG_VERSION")),
         );
-    if let Some(secret) = secret {
-        request = request.header(
-            "webhook-signature",
-            &sign(secret, event_id, timestamp, body.as_bytes()),
-        );
-    }
+    let request = request.header(
+        "webhook-signature",
+        &sign(secret, event_id, timestamp, body.as_bytes()),
+    );
     match request.send(body.as_bytes()) {
         Ok(mut response) => {
             let status = response.status().as_u16();

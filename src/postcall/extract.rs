@@ -106,11 +106,27 @@ fn preferred_time(text: &str) -> Option<String> {
         .map(|p| format!("at {}", p[1]))
 }
 
+/// Byte offset in `text` of the first occurrence of `needle` (ASCII), ignoring ASCII case.
+///
+/// Searched in `text` itself, never in a case-mapped copy: Unicode case mapping changes byte
+/// lengths (`İ` is 2 bytes, its lower case `i̇` 3), so an offset found in a copy is not one of
+/// `text`. An ASCII needle only matches ASCII bytes, so a match starts and ends on char
+/// boundaries of `text`. No non-ASCII character lower-cases to the cues' ASCII letters without
+/// a combining mark after it, so this finds exactly what `to_lowercase().find()` found.
+fn find_ascii_ignore_case(text: &str, needle: &str) -> Option<usize> {
+    debug_assert!(needle.is_ascii() && !needle.is_empty());
+    text.as_bytes()
+        .windows(needle.len())
+        .position(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 fn customer_name(text: &str) -> Option<String> {
-    let lower = text.to_lowercase();
     for cue in ["my name is ", "this is ", "i am ", "i'm "] {
-        if let Some(at) = lower.find(cue) {
-            let rest = &text[at + cue.len()..];
+        if let Some(at) = find_ascii_ignore_case(text, cue) {
+            // `get`, not indexing: a wrong offset can never panic here.
+            let Some(rest) = text.get(at + cue.len()..) else {
+                continue;
+            };
             let name: Vec<&str> = rest
                 .split(|c: char| !c.is_alphabetic() && c != '-')
                 .take_while(|w| w.chars().next().is_some_and(char::is_uppercase))
@@ -258,5 +274,70 @@ mod tests {
         );
         assert_eq!(e.fields["city"]["value"], "Denver");
         assert_eq!(e.fields["city"]["confidence"], 0.7);
+    }
+
+    #[test]
+    fn the_hostile_name_from_issue_13_does_not_panic() {
+        // Lower-casing `İ` (2 bytes) gives `i̇` (3 bytes): the cue's offset in a lower-cased
+        // copy fell inside `日` of the original.
+        let hostile = "İmy name is 日本";
+        assert_eq!(customer_name(hostile), None, "CJK has no upper case");
+        let e = extract(hostile, hostile, &lists());
+        assert!(e.fields["customer_name"]["value"].is_null());
+    }
+
+    #[test]
+    fn names_after_unicode_that_changes_length_when_lower_cased() {
+        for (text, expected) in [
+            // Turkish dotted capital I, many times: the old offsets drifted further each time.
+            ("İİİİ this is Bob", Some("Bob")),
+            (
+                "İstanbul'dan arıyorum, my name is Ömer Çelik",
+                Some("Ömer Çelik"),
+            ),
+            ("İ'm here. I'm Ayşe", Some("Ayşe")),
+            // German sharp s (lower-cases to itself) and capital sharp s (to ß).
+            ("Straße ẞ my name is Jürgen Groß", Some("Jürgen Groß")),
+            // Kelvin sign (3 bytes) lower-cases to ASCII k (1 byte).
+            ("\u{212A}\u{212A}\u{212A} MY NAME IS Kate", Some("Kate")),
+            // Combining marks before the cue and in the name.
+            (
+                "e\u{301}\u{301}\u{301} My Name Is Zoe\u{308} Lee",
+                Some("Zoe"),
+            ),
+            // Emoji (4 bytes each) and ZWJ sequences.
+            ("👩‍👩‍👧‍👦😀 i'm Bob 😀", Some("Bob")),
+            // Right-to-left text, and a right-to-left mark before the cue.
+            ("שלום \u{200F}my name is Dana", Some("Dana")),
+            ("مرحبا my name is أحمد", None),
+            // Upper-case cue.
+            ("THIS IS Ann-Marie O", Some("Ann-Marie O")),
+            // The cue ends the text.
+            ("İİ my name is ", None),
+            ("İ", None),
+            ("", None),
+        ] {
+            assert_eq!(customer_name(text).as_deref(), expected, "{text:?}");
+            // And the whole extractor, on every field, in summary and transcript.
+            let _ = extract(text, text, &lists());
+        }
+    }
+
+    #[test]
+    fn cue_search_ignores_ascii_case_only_and_stays_on_char_boundaries() {
+        assert_eq!(
+            find_ascii_ignore_case("İmy name is 日本", "my name is "),
+            Some(2)
+        );
+        assert_eq!(find_ascii_ignore_case("xx I'M", "i'm"), Some(3));
+        assert_eq!(find_ascii_ignore_case("ab", "abc"), None);
+        // Kelvin sign is not an ASCII k.
+        assert_eq!(find_ascii_ignore_case("\u{212A}", "k"), None);
+        let text = "ẞİ\u{212A}日本😀 i am é";
+        for cue in ["my name is ", "this is ", "i am ", "i'm "] {
+            if let Some(at) = find_ascii_ignore_case(text, cue) {
+                assert!(text.is_char_boundary(at) && text.is_char_boundary(at + cue.len()));
+            }
+        }
     }
 }

@@ -47,6 +47,12 @@ pub struct PostcallSettings {
     pub webhook_timeout_ms: u64,
     /// Delays before each webhook retry, seconds, comma-separated; after the last, `dead`.
     pub webhook_retry_secs: String,
+    /// TEST-ONLY fault injection, never configurable (skipped by serde, `None` by default):
+    /// every attempt of the post-call job of this call panics, so tests can check that a
+    /// panicking job fails only its own attempt (see `job_loop`).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub test_panic_call: Option<uuid::Uuid>,
 }
 
 impl Default for PostcallSettings {
@@ -63,7 +69,18 @@ impl Default for PostcallSettings {
             offline_beam: crate::stt::whisper::engine::DEFAULT_BEAM,
             webhook_timeout_ms: 10_000,
             webhook_retry_secs: "5,300,1800,7200,18000,36000,36000".into(),
+            test_panic_call: None,
         }
+    }
+}
+
+/// The text of a caught panic (`panic!` with a literal or a formatted message).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(no message)".to_string(), |s| (*s).to_string()),
     }
 }
 
@@ -79,6 +96,8 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
     node: String,
     metrics: crate::ops::metrics::PostcallMetrics,
+    /// Every outbound request (recordings, endpoints, webhooks) follows it.
+    egress: crate::egress::EgressPolicy,
 }
 
 /// Stops the workers (they finish the job in hand).
@@ -104,6 +123,7 @@ impl Pipeline {
         model_dir: Option<PathBuf>,
         node: String,
         metrics: crate::ops::metrics::PostcallMetrics,
+        egress: crate::egress::EgressPolicy,
     ) -> Result<PostcallHandle, String> {
         let schedule = deliver::parse_schedule(&settings.webhook_retry_secs)
             .map_err(|e| format!("postcall.webhook_retry_secs: {e}"))?;
@@ -119,6 +139,7 @@ impl Pipeline {
             node,
             settings,
             metrics,
+            egress,
         });
         for i in 0..pipeline.settings.workers {
             let (p, worker) = (pipeline.clone(), format!("{}-job-{i}", pipeline.node));
@@ -165,7 +186,27 @@ impl Pipeline {
                     }
                 }
             });
-            let result = self.run(&job).await;
+            // Each attempt is a task of its own: a panic fails this attempt only (retried or
+            // dead like any failure), never the worker, and the heartbeat stops with it.
+            let (p, j) = (self.clone(), job.clone());
+            let attempt = actix_web::rt::spawn(async move {
+                if p.settings.test_panic_call.is_some() && p.settings.test_panic_call == j.call_id {
+                    panic!("test fault: post-call job {} panics", j.id);
+                }
+                p.run(&j).await
+            });
+            let result = match attempt.await {
+                Ok(result) => result,
+                Err(err) => {
+                    let error = if err.is_panic() {
+                        format!("the attempt panicked: {}", panic_message(err.into_panic()))
+                    } else {
+                        "the attempt was cancelled".to_string()
+                    };
+                    tracing::error!(job_id = %job.id, call_id = ?job.call_id, attempt = job.attempts, %error, "post-call attempt failed");
+                    self.retry(&job, error)
+                }
+            };
             heartbeat.abort();
             // Recording the end must not be lost to a busy database: retry (the lease is the
             // backstop if this process dies meanwhile).
@@ -297,8 +338,9 @@ impl Pipeline {
                             .join("\n")
                     });
                     let timeout = Duration::from_secs(self.settings.recording_timeout_secs);
+                    let egress = self.egress.clone();
                     let asked = tokio::task::spawn_blocking(move || {
-                        openai::summarise(&endpoint, &labelled, 3, timeout)
+                        openai::summarise(&egress, &endpoint, &labelled, 3, timeout)
                     })
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()));
@@ -393,25 +435,46 @@ impl Pipeline {
         );
         let local = url.strip_prefix("file://").map(PathBuf::from);
         let bytes = match (local, std::fs::read(&cached)) {
-            // The engine's own recording: only from this node's recordings directory.
+            // The engine's own recording of this very call, nothing else on this disk.
             (Some(path), _) => {
-                let inside = match (path.canonicalize(), self.recordings_dir.canonicalize()) {
-                    (Ok(file), Ok(dir)) => file.starts_with(dir),
+                let own = self.recordings_dir.join(format!("{}.wav", call.id));
+                let same = match (path.canonicalize(), own.canonicalize()) {
+                    (Ok(file), Ok(own)) => file == own,
                     _ => false,
                 };
-                if !inside {
-                    return Err(format!(
-                        "the recording {} is not in this node's recordings directory",
-                        path.display()
-                    ));
+                if !same {
+                    return Err(
+                        "a file:// recording must be the engine's own recording of this call"
+                            .into(),
+                    );
                 }
-                std::fs::read(&path).map_err(|e| format!("reading the recording: {e}"))?
+                std::fs::read(&own).map_err(|e| format!("reading the recording: {e}"))?
             }
             (None, Ok(bytes)) if !bytes.is_empty() => bytes,
             _ => {
-                let (url, dir, file) = (url.clone(), self.recordings_dir.clone(), cached.clone());
+                let source = match call.protocol {
+                    crate::store::Protocol::Twilio => crate::egress::RecordingSource::Twilio,
+                    crate::store::Protocol::Vonage => crate::egress::RecordingSource::Vonage,
+                    _ => crate::egress::RecordingSource::Other,
+                };
+                let tenant_hosts = tenant
+                    .as_ref()
+                    .map(|t| t.recording_hosts.clone())
+                    .unwrap_or_default();
+                let checked = self
+                    .egress
+                    .check_recording_url(&url, source, &tenant_hosts)
+                    .map_err(|e| format!("recording fetch: {e}"))?;
+                let (egress, dir, file) = (
+                    self.egress.clone(),
+                    self.recordings_dir.clone(),
+                    cached.clone(),
+                );
                 tokio::task::spawn_blocking(move || {
-                    let bytes = fetch(&url, auth, max, timeout)?;
+                    let basic = auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+                    let bytes = egress
+                        .get(&checked, basic, max, timeout)
+                        .map_err(|e| format!("recording fetch failed: {e}"))?;
                     std::fs::create_dir_all(&dir)
                         .map_err(|e| format!("recordings directory: {e}"))?;
                     let partial = file.with_extension("part");
@@ -442,15 +505,17 @@ impl Pipeline {
                 .unwrap_or("recording.wav")
                 .to_string();
             let timeout = Duration::from_secs(self.settings.recording_timeout_secs);
+            let egress = self.egress.clone();
             let text = tokio::task::spawn_blocking(move || {
-                openai::transcribe(&endpoint, &bytes, &filename, timeout)
+                openai::transcribe(&egress, &endpoint, &bytes, &filename, timeout)
             })
             .await
             .map_err(|e| e.to_string())??;
             return Ok(vec![(0, text)]);
         }
+        let max_secs = self.egress.max_recording.as_secs();
         let samples = tokio::task::spawn_blocking(move || {
-            audio::decode_to_16k_mono(&bytes, extension.as_deref())
+            audio::decode_to_16k_mono_capped(&bytes, extension.as_deref(), max_secs)
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -492,6 +557,30 @@ impl Pipeline {
         .map_err(|e| e.to_string())?
     }
 
+    /// The signing secret of a delivery's tenant. An error when it cannot be read now or the
+    /// tenant has none: a webhook is never sent unsigned.
+    async fn webhook_secret(&self, call_id: Option<uuid::Uuid>) -> Result<String, String> {
+        let call_id = call_id.ok_or("the delivery names no call")?;
+        let call = self
+            .store
+            .get_call(call_id)
+            .await
+            .map_err(|e| format!("cannot read the call: {e}"))?
+            .ok_or("the delivery's call is gone")?;
+        let tenant = self
+            .store
+            .get_tenant(call.tenant_id)
+            .await
+            .map_err(|e| format!("cannot read the tenant's webhook secret: {e}"))?
+            .ok_or("the call's tenant is gone")?;
+        tenant
+            .webhook_secret
+            .map(|s| s.expose().to_string())
+            .ok_or_else(|| {
+                "the tenant has no webhook secret; webhooks are never sent unsigned".into()
+            })
+    }
+
     async fn delivery_loop(self: Arc<Self>) {
         let timeout = Duration::from_millis(self.settings.webhook_timeout_ms.max(1));
         // A sender that crashed mid-attempt leaves the delivery `sending`; it is due again
@@ -510,27 +599,44 @@ impl Pipeline {
                     continue;
                 }
             };
-            let secret = match delivery.call_id {
-                Some(call_id) => match self.store.get_call(call_id).await {
-                    Ok(Some(call)) => self
+            // Never sent unsigned: a secret that cannot be looked up now is a failed attempt,
+            // retried on the schedule like any other.
+            let secret = match self.webhook_secret(delivery.call_id).await {
+                Ok(secret) => secret,
+                Err(error) => {
+                    tracing::warn!(delivery = %delivery.id, %error, "webhook not sent");
+                    let retry_at = deliver::next_attempt(
+                        &self.schedule,
+                        delivery.attempts as usize,
+                        Utc::now(),
+                    );
+                    self.metrics
+                        .webhook(if retry_at.is_some() { "retry" } else { "dead" });
+                    if let Err(err) = self
                         .store
-                        .get_tenant(call.tenant_id)
+                        .record_delivery_attempt(
+                            delivery.id,
+                            false,
+                            None,
+                            None,
+                            Some(error),
+                            retry_at,
+                        )
                         .await
-                        .ok()
-                        .flatten()
-                        .and_then(|t| t.webhook_secret)
-                        .map(|s| s.expose().to_string()),
-                    _ => None,
-                },
-                None => None,
+                    {
+                        tracing::warn!(error = %err, "cannot record a webhook attempt");
+                    }
+                    continue;
+                }
             };
             let (url, event, payload) = (
                 delivery.url.clone(),
                 delivery.event_id.clone(),
                 delivery.payload.clone(),
             );
+            let egress = self.egress.clone();
             let outcome = tokio::task::spawn_blocking(move || {
-                deliver::attempt(&url, &event, &payload, secret.as_deref(), timeout)
+                deliver::attempt(&egress, &url, &event, &payload, &secret, timeout)
             })
             .await
             .unwrap_or_else(|e| deliver::AttemptResult {
@@ -571,46 +677,9 @@ impl Pipeline {
     }
 }
 
-/// The HTTP client of the post-call steps (recordings, OpenAI-compatible endpoints, webhook
-/// receivers): one overall `timeout`, non-2xx answers returned rather than raised, and the
-/// system's certificate store (including a proxy CA installed there).
-pub(crate) fn http_agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .build()
-        .into()
-}
-
-/// Downloads `url` (HTTP or HTTPS), at most `max` bytes, within `timeout`.
-fn fetch(
-    url: &str,
-    auth: Option<(String, String)>,
-    max: u64,
-    timeout: Duration,
-) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    let mut request = http_agent(timeout).get(url);
-    if let Some((user, password)) = auth {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        request = request.header("authorization", &format!("Basic {token}"));
-    }
-    let mut response = request
-        .call()
-        .map_err(|e| format!("recording fetch failed: {e}"))?;
-    let status = response.status().as_u16();
-    if status != 200 {
-        return Err(format!("recording fetch failed: HTTP {status}"));
-    }
-    response
-        .body_mut()
-        .with_config()
-        .limit(max)
-        .read_to_vec()
-        .map_err(|e| format!("recording fetch failed: {e}"))
+/// The HTTP client of the post-call steps (OpenAI-compatible endpoints, webhook receivers):
+/// bound by the egress policy, one overall `timeout`, non-2xx answers returned rather than
+/// raised, the system's certificate store.
+pub(crate) fn http_agent(egress: &crate::egress::EgressPolicy, timeout: Duration) -> ureq::Agent {
+    egress.agent(timeout)
 }

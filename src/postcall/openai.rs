@@ -40,6 +40,7 @@ impl Endpoint {
 
 /// Transcribes a recording file (sent as it was downloaded).
 pub fn transcribe(
+    egress: &crate::egress::EgressPolicy,
     endpoint: &Endpoint,
     audio: &[u8],
     filename: &str,
@@ -63,7 +64,7 @@ pub fn transcribe(
     );
     body.extend_from_slice(audio);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let mut request = agent(timeout)
+    let mut request = agent(egress, timeout)
         .post(endpoint.url("audio/transcriptions"))
         .header(
             "content-type",
@@ -153,6 +154,7 @@ pub fn validate(content: &str) -> Result<(String, Value), String> {
 /// Asks the chat model for the summary and fields, retrying (up to `attempts`) while its
 /// answer does not validate.
 pub fn summarise(
+    egress: &crate::egress::EgressPolicy,
     endpoint: &Endpoint,
     transcript: &str,
     attempts: usize,
@@ -172,7 +174,7 @@ pub fn summarise(
     });
     let mut last = String::new();
     for _ in 0..attempts.max(1) {
-        let mut call = agent(timeout)
+        let mut call = agent(egress, timeout)
             .post(endpoint.url("chat/completions"))
             .header("content-type", "application/json");
         if let Some(key) = &endpoint.api_key {

@@ -24,8 +24,10 @@ impl Store {
     /// Creates the call row for a starting media session, or links to the existing one.
     ///
     /// Idempotent: with `id` set, a second call returns the same row; with `external_id` set, a
-    /// second session for the same live `(protocol, external_id)` gets the live call instead of
-    /// a twin. Linking to an ended call is refused.
+    /// second session for the same live `(tenant, protocol, external_id)` gets the live call
+    /// instead of a twin. Transport ids are a per-tenant namespace: another tenant's live call
+    /// with the same id is neither found nor blocks this one. Linking to an ended call, or to
+    /// another tenant's, is refused alike.
     pub async fn create_or_link_call(
         &self,
         new: &NewCall,
@@ -58,6 +60,11 @@ impl Store {
     async fn find_conflicting_call(&self, new: &NewCall) -> Result<Option<Call>, StoreError> {
         if let Some(id) = new.id {
             if let Some(call) = self.get_call(id).await? {
+                // Another tenant's call looks exactly like an ended one: the caller learns
+                // nothing about it and cannot link into it.
+                if call.tenant_id != new.tenant_id {
+                    return Err(StoreError::CallUnavailable);
+                }
                 if call.status.is_terminal() {
                     return Err(StoreError::CallNotActive {
                         call_id: id,
@@ -73,6 +80,7 @@ impl Store {
         let protocol = new.protocol.as_str();
         let live: Option<CallRow> = with_conn!(self, conn => {
             calls::table
+                .filter(calls::tenant_id.eq(DbUuid(new.tenant_id)))
                 .filter(calls::protocol.eq(protocol))
                 .filter(calls::external_id.eq(external_id))
                 .filter(calls::status.eq(CallStatus::Active.as_str()))
@@ -347,6 +355,37 @@ impl Store {
     }
 
     /// Calls a transport knows by `external_id` (any protocol, any status), oldest first.
+    pub async fn tenant_calls_by_external_id(
+        &self,
+        tenant_id: Uuid,
+        external_id: &str,
+    ) -> Result<Vec<Call>, StoreError> {
+        let rows: Vec<CallRow> = with_conn!(self, conn => {
+            calls::table
+                .filter(calls::tenant_id.eq(DbUuid(tenant_id)))
+                .filter(calls::external_id.eq(external_id))
+                .order(calls::started_at.asc())
+                .select(CallRow::as_select())
+                .load(conn)
+                .await?
+        });
+        rows.into_iter().map(Call::try_from).collect()
+    }
+
+    /// How many calls a tenant has (any status).
+    pub async fn count_tenant_calls(&self, tenant_id: Uuid) -> Result<i64, StoreError> {
+        let n: i64 = with_conn!(self, conn => {
+            calls::table
+                .filter(calls::tenant_id.eq(DbUuid(tenant_id)))
+                .count()
+                .get_result(conn)
+                .await?
+        });
+        Ok(n)
+    }
+
+    /// Every tenant's calls with this external id, oldest first: for the operator (admin)
+    /// only. Anything acting for a tenant uses [`Store::tenant_calls_by_external_id`].
     pub async fn calls_by_external_id(&self, external_id: &str) -> Result<Vec<Call>, StoreError> {
         let rows: Vec<CallRow> = with_conn!(self, conn => {
             calls::table

@@ -3,9 +3,10 @@
 //! Claiming: on PostgreSQL `SELECT … FOR UPDATE SKIP LOCKED` inside a transaction, so workers on
 //! several machines take different jobs without waiting on each other; on SQLite one
 //! `UPDATE … WHERE id IN (SELECT … LIMIT 1) RETURNING *` statement, which SQLite runs under its
-//! single write lock. A claim sets a lease; a job whose lease expired (its worker died) is due
-//! again. Retries back off exponentially with jitter up to a cap; after the last attempt a job
-//! is `dead`. Webhook deliveries are claimed the same way.
+//! single write lock. A claim sets a lease and counts an attempt; a job whose lease expired (its
+//! worker died) is due again, unless that was its last attempt: then it is `dead`. Retries back
+//! off exponentially with jitter up to a cap; after the last attempt a job is `dead`.
+//! Webhook deliveries are claimed the same way.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -21,6 +22,10 @@ use super::{with_conn, Pools, Store, StoreError};
 
 /// Status of a claimed job.
 pub const JOB_STATUS_RUNNING: &str = "running";
+
+/// `last_error` of a job made dead because its last attempt's lease lapsed without a result.
+pub const LEASE_LAPSED_ON_LAST_ATTEMPT: &str =
+    "the lease of the last attempt lapsed without a result (the worker died, hung or panicked)";
 
 /// A webhook to deliver.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,13 +130,43 @@ impl Store {
             DbTime::from(now),
             DbTime::from(now + Duration::from_std(lease).unwrap_or(Duration::minutes(5))),
         );
+        // A lapsed lease on the job's last attempt (its worker died, hung or lost the job to
+        // a panic before reporting): the attempt counts, so the job is dead rather than run
+        // again past `max_attempts`.
+        let exhausted = jobs::kind
+            .eq(kind.to_string())
+            .and(jobs::status.eq(JOB_STATUS_RUNNING))
+            .and(jobs::lease_expires_at.lt(Some(stamp)))
+            .and(jobs::attempts.ge(jobs::max_attempts));
+        let buried = with_conn!(self, conn => {
+            diesel::update(jobs::table)
+                .filter(exhausted)
+                .set((
+                    jobs::status.eq(JOB_STATUS_DEAD),
+                    jobs::last_error.eq(Some(LEASE_LAPSED_ON_LAST_ATTEMPT)),
+                    jobs::locked_by.eq(None::<String>),
+                    jobs::lease_expires_at.eq(None::<DbTime>),
+                    jobs::updated_at.eq(stamp),
+                ))
+                .execute(conn)
+                .await?
+        });
+        if buried > 0 {
+            tracing::warn!(
+                kind,
+                jobs = buried,
+                "jobs dead: their last attempt's lease lapsed"
+            );
+        }
         let due = jobs::kind.eq(kind.to_string()).and(
             jobs::status
                 .eq(JOB_STATUS_QUEUED)
                 .and(jobs::run_at.le(stamp))
                 .or(jobs::status
                     .eq(JOB_STATUS_RUNNING)
-                    .and(jobs::lease_expires_at.lt(Some(stamp)))),
+                    .and(jobs::lease_expires_at.lt(Some(stamp)))
+                    // Never past the cap, even if the lease lapsed after the update above.
+                    .and(jobs::attempts.lt(jobs::max_attempts))),
         );
         let claim = (
             jobs::status.eq(JOB_STATUS_RUNNING),

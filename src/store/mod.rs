@@ -79,6 +79,10 @@ pub enum StoreError {
         protocol: Protocol,
         existing: uuid::Uuid,
     },
+    /// The call named cannot be used by this tenant: it has ended, or it belongs to another
+    /// tenant (the two are not told apart, so no foreign id or state leaks).
+    #[error("the call named does not exist for this tenant or has ended")]
+    CallUnavailable,
     /// The request itself is invalid (e.g. sequence number below 1).
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -228,6 +232,9 @@ pub struct StoreOptions {
     pub postcall_max_attempts: i32,
     /// Written on every call this store creates.
     pub node_id: String,
+    /// Seals tenant secrets written and opens those read. `None`: tenants with secrets can
+    /// be neither written nor read (the application always sets one).
+    pub node_key: Option<crate::crypto::NodeKey>,
 }
 
 impl StoreOptions {
@@ -242,6 +249,7 @@ impl StoreOptions {
             default_cost_per_second_micros: settings.calls.default_cost_per_second_micros,
             postcall_max_attempts: settings.calls.postcall_max_attempts,
             node_id: settings.node_id.clone(),
+            node_key: None,
         }
     }
 }

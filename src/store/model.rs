@@ -317,7 +317,8 @@ pub struct NewTenant {
     pub stt_provider: Option<String>,
     /// The tenant's own STT API key (Deepgram); `None` uses the node's key.
     pub stt_api_key: Option<Secret>,
-    /// Secret the carrier media endpoints require from this tenant's calls.
+    /// Secret the media endpoints require from this tenant's calls (stored as its SHA-256;
+    /// at least [`crate::crypto::MIN_TOKEN_LEN`] characters).
     pub media_token: Option<Secret>,
     /// Carrier media for this tenant needs no secret.
     pub media_open: bool,
@@ -325,10 +326,19 @@ pub struct NewTenant {
     pub twilio_auth_token: Option<Secret>,
     /// Live calls this tenant may have at once (`None`: the node's limit).
     pub max_concurrent_calls: Option<i32>,
-    /// Token naming this tenant in inbound webhook URLs (`/webhooks/{token}/…`).
+    /// Token naming this tenant in inbound webhook URLs (`/webhooks/{token}/…`; stored as its
+    /// SHA-256).
     pub inbound_token: Option<Secret>,
     /// Secret ElevenLabs signs this tenant's webhooks with.
     pub elevenlabs_webhook_secret: Option<Secret>,
+    /// Vonage signature secret: signed callbacks carry a JWT (HS256) made with it.
+    pub vonage_signature_secret: Option<Secret>,
+    /// Accept this tenant's webhooks without a signature. Unsafe: anyone who knows the route
+    /// can post for the tenant. Off by default.
+    pub webhooks_unsigned: bool,
+    /// Hosts (exact names) this tenant's recordings may also be fetched from, besides the
+    /// carriers' own.
+    pub recording_hosts: Vec<String>,
     /// Post-call settings (extraction lists, agent name, recording credentials).
     pub postcall_config: Option<serde_json::Value>,
     /// Bearer token for this tenant's view of the API (stored as its SHA-256).
@@ -347,16 +357,21 @@ pub struct Tenant {
     pub stt_provider: Option<String>,
     #[serde(skip)]
     pub stt_api_key: Option<Secret>,
+    /// SHA-256 (`sha256:<hex>`) of the media token; the token itself is not kept.
     #[serde(skip)]
-    pub media_token: Option<Secret>,
+    pub media_token_sha256: Option<String>,
     pub media_open: bool,
     #[serde(skip)]
     pub twilio_auth_token: Option<Secret>,
     pub max_concurrent_calls: Option<i32>,
-    #[serde(skip)]
-    pub inbound_token: Option<Secret>,
+    /// The tenant has an inbound webhook route token.
+    pub has_inbound_token: bool,
     #[serde(skip)]
     pub elevenlabs_webhook_secret: Option<Secret>,
+    #[serde(skip)]
+    pub vonage_signature_secret: Option<Secret>,
+    pub webhooks_unsigned: bool,
+    pub recording_hosts: Vec<String>,
     /// May hold credentials: never serialised.
     #[serde(skip)]
     pub postcall_config: Option<serde_json::Value>,

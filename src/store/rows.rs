@@ -6,7 +6,6 @@ use super::model::{Call, Job, Turn};
 use super::schema::{call_turns, calls, jobs};
 use super::sql_types::{DbJson, DbTime, DbUuid};
 use super::StoreError;
-use crate::config::Secret;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = calls)]
@@ -183,28 +182,7 @@ pub(super) struct TenantRow {
     pub elevenlabs_webhook_secret: Option<String>,
     pub postcall_config: Option<DbJson>,
     pub api_token_sha256: Option<String>,
-}
-
-impl From<TenantRow> for super::model::Tenant {
-    fn from(row: TenantRow) -> Self {
-        Self {
-            id: row.id.0,
-            name: row.name,
-            webhook_url: row.webhook_url,
-            webhook_secret: row.webhook_secret.map(Secret::new),
-            cost_per_second_micros: row.cost_per_second_micros,
-            stt_provider: row.stt_provider,
-            stt_api_key: row.stt_api_key.map(Secret::new),
-            media_token: row.media_token.map(Secret::new),
-            media_open: row.media_open,
-            twilio_auth_token: row.twilio_auth_token.map(Secret::new),
-            max_concurrent_calls: row.max_concurrent_calls,
-            inbound_token: row.inbound_token.map(Secret::new),
-            elevenlabs_webhook_secret: row.elevenlabs_webhook_secret.map(Secret::new),
-            postcall_config: row.postcall_config.map(|j| j.0),
-            has_api_token: row.api_token_sha256.is_some(),
-            created_at: row.created_at.0,
-            updated_at: row.updated_at.0,
-        }
-    }
+    pub vonage_signature_secret: Option<String>,
+    pub webhooks_unsigned: bool,
+    pub recording_hosts: Option<String>,
 }

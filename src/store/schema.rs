@@ -108,6 +108,9 @@ diesel::table! {
         elevenlabs_webhook_secret -> Nullable<Text>,
         postcall_config -> Nullable<Jsonb>,
         api_token_sha256 -> Nullable<Text>,
+        vonage_signature_secret -> Nullable<Text>,
+        webhooks_unsigned -> Bool,
+        recording_hosts -> Nullable<Text>,
     }
 }
 

@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::calls::new_call_row;
 use super::model::{
-    CallStatus, Direction, NewCall, Protocol, Tenant, TurnSource, JOB_KIND_POSTCALL,
-    JOB_STATUS_DEAD, JOB_STATUS_DONE, JOB_STATUS_QUEUED,
+    CallStatus, Direction, NewCall, Protocol, TurnSource, JOB_KIND_POSTCALL, JOB_STATUS_DEAD,
+    JOB_STATUS_DONE, JOB_STATUS_QUEUED,
 };
-use super::rows::{CallRow, JobRow, TenantRow, TurnRow};
-use super::schema::{call_turns, calls, jobs, tenant_phone_numbers, tenants};
+use super::rows::{CallRow, JobRow, TurnRow};
+use super::schema::{call_turns, calls, jobs, tenant_phone_numbers};
 use super::sql_types::{DbJson, DbTime, DbUuid};
 use super::{with_conn, Store, StoreError};
 
@@ -58,8 +58,9 @@ pub struct RecordingUpdate {
     /// `completed`, `in-progress`, `absent`, `failed`…
     pub status: String,
     pub duration_secs: Option<i64>,
-    /// Tenant for a call this node never saw (found by the called number).
-    pub tenant_for_unknown_call: Option<Uuid>,
+    /// The tenant the callback proved itself for: only its calls are matched, and a call this
+    /// node never saw is created for it.
+    pub tenant_id: Uuid,
     pub phone_number: Option<String>,
 }
 
@@ -97,19 +98,6 @@ fn is_retryable(err: &StoreError) -> bool {
 }
 
 impl Store {
-    /// The tenant whose `inbound_token` this is.
-    pub async fn tenant_by_inbound_token(&self, token: &str) -> Result<Option<Tenant>, StoreError> {
-        let row: Option<TenantRow> = with_conn!(self, conn => {
-            tenants::table
-                .filter(tenants::inbound_token.eq(token))
-                .select(TenantRow::as_select())
-                .first(conn)
-                .await
-                .optional()?
-        });
-        Ok(row.map(Tenant::from))
-    }
-
     /// The tenant that owns an E.164 number.
     pub async fn tenant_by_phone_number(&self, e164: &str) -> Result<Option<Uuid>, StoreError> {
         let id: Option<DbUuid> = with_conn!(self, conn => {
@@ -178,6 +166,7 @@ impl Store {
         let find = || async {
             let row: Option<CallRow> = with_conn!(self, conn => {
                 calls::table
+                    .filter(calls::tenant_id.eq(DbUuid(turn.tenant_id)))
                     .filter(calls::external_id.eq(&turn.conversation_id))
                     .filter(calls::status.eq(CallStatus::Active.as_str()))
                     .order(calls::started_at.asc())
@@ -194,6 +183,7 @@ impl Store {
         // A conversation whose call has ended takes no more turns (no second call for it).
         let ended: Option<(DbUuid, String)> = with_conn!(self, conn => {
             calls::table
+                .filter(calls::tenant_id.eq(DbUuid(turn.tenant_id)))
                 .filter(calls::external_id.eq(&turn.conversation_id))
                 .filter(calls::protocol.eq(turn.protocol.as_str()))
                 .filter(calls::status.ne(CallStatus::Active.as_str()))
@@ -330,6 +320,7 @@ impl Store {
         let now = Utc::now();
         let existing: Option<CallRow> = with_conn!(self, conn => {
             calls::table
+                .filter(calls::tenant_id.eq(DbUuid(update.tenant_id)))
                 .filter(calls::external_id.eq(&update.external_id))
                 .order(calls::started_at.desc())
                 .select(CallRow::as_select())
@@ -340,12 +331,7 @@ impl Store {
         let (call_id, call_created) = match existing {
             Some(row) => (row.id.0, false),
             None => {
-                let tenant_id = update.tenant_for_unknown_call.ok_or_else(|| {
-                    StoreError::InvalidInput(format!(
-                        "no call {} and no tenant owns the called number",
-                        update.external_id
-                    ))
-                })?;
+                let tenant_id = update.tenant_id;
                 let seconds = update.duration_secs.unwrap_or(0).max(0);
                 let started = now - chrono::Duration::seconds(seconds);
                 let new = NewCall {

@@ -237,7 +237,10 @@ async fn connect(url: &str, key: &Secret, limit: Duration) -> Result<Ws, SttFail
     let token = HeaderValue::from_str(&format!("Token {}", key.expose()))
         .map_err(|_| SttFailure::fatal("the Deepgram API key is not a valid header value"))?;
     request.headers_mut().insert("Authorization", token);
-    match tokio::time::timeout(limit, tokio_tungstenite::connect_async(request)).await {
+    // TCP_NODELAY: a 20 ms frame must leave at once, not wait for the previous one's ACK
+    // (Nagle with delayed ACKs held about one frame in ten back by a whole frame period).
+    let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+    match tokio::time::timeout(limit, connect).await {
         Err(_) => Err(SttFailure::retryable(format!(
             "connect timed out after {} ms",
             limit.as_millis()

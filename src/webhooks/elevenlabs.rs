@@ -9,9 +9,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{error, read_body, resolve_tenant, storage_failed, with_retries};
+use super::{error, read_body, required_secret, resolve_tenant, storage_failed, with_retries};
 use crate::app::AppState;
-use crate::store::{Protocol, StoreError, Tenant, WebhookTurn};
+use crate::store::{Protocol, StoreError, WebhookTurn};
+
+/// Longest call time a post-call transcript may claim (a day); larger values are clamped.
+const MAX_CALL_SECS: f64 = 86_400.0;
 
 /// The default tenant's route.
 pub async fn default_route(
@@ -118,10 +121,10 @@ pub fn parse_turn(body: &Value) -> Result<TurnRequest, String> {
 fn check_signature(
     req: &HttpRequest,
     state: &AppState,
-    tenant: Option<&Tenant>,
+    secret: Option<&crate::config::Secret>,
     body: &[u8],
 ) -> Result<(), &'static str> {
-    let Some(secret) = tenant.and_then(|t| t.elevenlabs_webhook_secret.as_ref()) else {
+    let Some(secret) = secret else {
         return Ok(());
     };
     let header = req
@@ -143,7 +146,8 @@ async fn handle(
     state: web::Data<AppState>,
     token: Option<String>,
 ) -> HttpResponse {
-    let body = match read_body(payload, state.webhooks.max_body_bytes).await {
+    let deadline = std::time::Duration::from_millis(state.ingress.body_timeout_ms);
+    let body = match read_body(payload, state.webhooks.max_body_bytes, deadline).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -151,7 +155,15 @@ async fn handle(
         Ok(t) => t,
         Err(response) => return response,
     };
-    if let Err(reason) = check_signature(&req, &state, tenant.as_ref(), &body) {
+    let secret = match required_secret(
+        &tenant,
+        tenant.elevenlabs_webhook_secret.as_ref(),
+        "ElevenLabs webhook",
+    ) {
+        Ok(secret) => secret,
+        Err(response) => return *response,
+    };
+    if let Err(reason) = check_signature(&req, &state, secret, &body) {
         tracing::warn!(%reason, "ElevenLabs webhook refused");
         return error(StatusCode::UNAUTHORIZED, reason);
     }
@@ -162,7 +174,8 @@ async fn handle(
     match value.get("type").and_then(Value::as_str) {
         Some("post_call_transcription") => post_call(&state, tenant_id, &value).await,
         Some(other) if value.get("conversation_id").is_none() => {
-            tracing::info!(event = other, "ElevenLabs event ignored");
+            let other = crate::ingress::bounded(other, 64);
+            tracing::info!(event = %other, "ElevenLabs event ignored");
             HttpResponse::Ok().json(json!({ "status": "ignored", "type": other }))
         }
         _ => one_turn(&state, tenant_id, &value).await,
@@ -254,7 +267,12 @@ async fn post_call(state: &AppState, tenant_id: Uuid, value: &Value) -> HttpResp
                 format!("data.transcript[{i}]: unknown role {label:?}"),
             );
         };
-        let offset = item["time_in_call_secs"].as_f64().unwrap_or(0.0).max(0.0);
+        // Bounded to a day: a huge or non-finite offset must not overflow the time arithmetic.
+        let offset = item["time_in_call_secs"]
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .unwrap_or(0.0)
+            .clamp(0.0, MAX_CALL_SECS);
         turns.push(WebhookTurn {
             tenant_id,
             conversation_id: conversation_id.to_string(),
@@ -266,7 +284,7 @@ async fn post_call(state: &AppState, tenant_id: Uuid, value: &Value) -> HttpResp
         });
     }
     let (outcome, attempts) =
-        with_retries(|| import(state, conversation_id, &turns, start, duration)).await;
+        with_retries(|| import(state, tenant_id, conversation_id, &turns, start, duration)).await;
     match outcome {
         Ok((call_id, added, completed)) => HttpResponse::Ok().json(json!({
             "call_id": call_id,
@@ -280,13 +298,16 @@ async fn post_call(state: &AppState, tenant_id: Uuid, value: &Value) -> HttpResp
 
 async fn import(
     state: &AppState,
+    tenant_id: Uuid,
     conversation_id: &str,
     turns: &[WebhookTurn],
     start: DateTime<Utc>,
     duration_secs: f64,
 ) -> Result<(Option<Uuid>, usize, bool), StoreError> {
     let store = &state.store;
-    let calls = store.calls_by_external_id(conversation_id).await?;
+    let calls = store
+        .tenant_calls_by_external_id(tenant_id, conversation_id)
+        .await?;
     let live = calls
         .iter()
         .find(|c| c.status == crate::store::CallStatus::Active);
@@ -324,7 +345,8 @@ async fn import(
     };
     let call = store.get_call(call_id).await?;
     let began = call.map_or(start, |c| c.started_at.min(start));
-    let ended = began.max(start) + chrono::Duration::milliseconds((duration_secs * 1000.0) as i64);
+    let duration_ms = (duration_secs.clamp(0.0, MAX_CALL_SECS) * 1000.0) as i64;
+    let ended = began.max(start) + chrono::Duration::milliseconds(duration_ms);
     store
         .complete_external_call(call_id, ended.max(began), "platform_completed")
         .await?;

@@ -7,6 +7,7 @@
 //! up to `webhooks.max_body_bytes`. Storage failures answer 500 after three attempts with
 //! exponential backoff, so the sender retries; a 2xx always means the data is stored.
 
+pub mod callback_parse;
 pub mod elevenlabs;
 pub mod recording;
 pub mod signature;
@@ -58,8 +59,23 @@ fn bad_request(message: impl Into<String>) -> HttpResponse {
     error(actix_web::http::StatusCode::BAD_REQUEST, message)
 }
 
-/// Reads the raw body, refusing more than `limit` bytes with a 400 naming the limit.
+/// Reads the raw body, refusing more than `limit` bytes with a 400 naming the limit, and a
+/// body not complete within `deadline` with a 408.
 pub async fn read_body(
+    payload: web::Payload,
+    limit: usize,
+    deadline: Duration,
+) -> Result<web::Bytes, HttpResponse> {
+    match tokio::time::timeout(deadline, read_body_unbounded(payload, limit)).await {
+        Ok(result) => result,
+        Err(_) => Err(error(
+            actix_web::http::StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {} ms", deadline.as_millis()),
+        )),
+    }
+}
+
+async fn read_body_unbounded(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, HttpResponse> {
@@ -74,18 +90,40 @@ pub async fn read_body(
     Ok(body.freeze())
 }
 
-/// Which tenant a webhook is for: the route's token, or the default tenant. The lookup is
-/// retried like any storage step.
+/// The secret a tenant's webhooks of one kind must be signed with. A tenant without that
+/// secret is refused (401) unless it is explicitly marked `webhooks_unsigned`; then `None`.
+pub fn required_secret<'a>(
+    tenant: &Tenant,
+    secret: Option<&'a crate::config::Secret>,
+    kind: &str,
+) -> Result<Option<&'a crate::config::Secret>, Box<HttpResponse>> {
+    match secret {
+        Some(secret) => Ok(Some(secret)),
+        None if tenant.webhooks_unsigned => Ok(None),
+        None => {
+            tracing::warn!(tenant_id = %tenant.id, kind, "webhook refused: the tenant has no signing secret");
+            Err(Box::new(error(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                format!(
+                    "the tenant has no {kind} secret configured; unsigned webhooks are refused"
+                ),
+            )))
+        }
+    }
+}
+
+/// Which tenant a webhook is for: the route's token, or the default tenant; it must exist.
+/// The lookup is retried like any storage step.
 pub async fn resolve_tenant(
     state: &AppState,
     token: Option<&str>,
-) -> Result<(Uuid, Option<Tenant>), HttpResponse> {
+) -> Result<(Uuid, Tenant), HttpResponse> {
     match token {
         Some(token) => {
             let (found, attempts) =
                 with_retries(|| state.store.tenant_by_inbound_token(token)).await;
             match found {
-                Ok(Some(tenant)) => Ok((tenant.id, Some(tenant))),
+                Ok(Some(tenant)) => Ok((tenant.id, tenant)),
                 Ok(None) => Err(error(
                     actix_web::http::StatusCode::NOT_FOUND,
                     "unknown webhook route",
@@ -101,7 +139,11 @@ pub async fn resolve_tenant(
             };
             let (found, attempts) = with_retries(|| state.store.get_tenant(id)).await;
             match found {
-                Ok(tenant) => Ok((id, tenant)),
+                Ok(Some(tenant)) => Ok((id, tenant)),
+                Ok(None) => Err(error(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    "unknown webhook route",
+                )),
                 Err(err) => Err(storage_failed(&err, attempts)),
             }
         }

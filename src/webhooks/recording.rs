@@ -1,15 +1,22 @@
-//! Recording callbacks: Twilio's form-encoded `recordingStatusCallback` and a Vonage-style JSON
-//! callback. The recording id, URL and status are saved on the call; a `completed` recording of
-//! an ended call queues the post-call job once per recording.
+//! Recording callbacks: Twilio's form-encoded `recordingStatusCallback` and Vonage's JSON
+//! recording event. The recording id, URL and status are saved on the call; a `completed`
+//! recording of an ended call queues the post-call job once per recording.
+//!
+//! Order of checks: the body (size, deadline, fields) → the tenant (route token, else the owner
+//! of the called number, else the default tenant) → the tenant's signature, required
+//! (`X-Twilio-Signature` with its Twilio auth token; Vonage's signed JWT with its signature
+//! secret) unless the tenant is explicitly `webhooks_unsigned` → the recording URL against the
+//! egress policy (https, an allow-listed host) → the call, matched only among that tenant's
+//! calls. Anything refused is stored nowhere.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
-use uuid::Uuid;
+use serde_json::json;
 
-use super::{error, read_body, resolve_tenant, storage_failed, with_retries};
+use super::{error, read_body, required_secret, resolve_tenant, storage_failed, with_retries};
 use crate::app::AppState;
-use crate::store::{Protocol, RecordingUpdate, StoreError};
+use crate::egress::RecordingSource;
+use crate::store::{Protocol, RecordingUpdate, StoreError, Tenant};
 
 /// Twilio, default tenant.
 pub async fn twilio_default(
@@ -50,7 +57,8 @@ pub async fn vonage_token(
 }
 
 /// The URL the sender called, as it saw it: `webhooks.public_base_url` + path and query when
-/// configured (behind a proxy), else rebuilt from the request.
+/// configured (behind a proxy), else the request's own `Host` (never `Forwarded` or
+/// `X-Forwarded-*`, which any client can set).
 fn public_url(req: &HttpRequest, state: &AppState) -> String {
     let path = req
         .uri()
@@ -59,43 +67,61 @@ fn public_url(req: &HttpRequest, state: &AppState) -> String {
         .to_string();
     let base = state.webhooks.public_base_url.trim_end_matches('/');
     if base.is_empty() {
-        let info = req.connection_info();
-        format!("{}://{}{path}", info.scheme(), info.host())
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        format!("{}://{host}{path}", req.connection_info().scheme())
     } else {
         format!("{base}{path}")
     }
 }
 
-/// The tenant of a callback: the call's (when known), the route's, the owner of the called
-/// number, or the default tenant.
+/// The tenant of a callback: the route's token, else the owner of the called number, else the
+/// default tenant. Never found through a call id, which any tenant's caller could name.
 async fn callback_tenant(
     state: &AppState,
     token: Option<&str>,
-    external_id: &str,
     called: Option<&str>,
-) -> Result<Option<Uuid>, HttpResponse> {
-    let failed = |err: StoreError| storage_failed(&err, 1);
-    if let Some(token) = token {
-        return resolve_tenant(state, Some(token))
-            .await
-            .map(|(id, _)| Some(id));
-    }
-    match state.store.calls_by_external_id(external_id).await {
-        Ok(calls) => {
-            if let Some(call) = calls.last() {
-                return Ok(Some(call.tenant_id));
+) -> Result<Tenant, HttpResponse> {
+    if token.is_none() {
+        if let Some(number) = called {
+            match state.store.tenant_by_phone_number(number).await {
+                Ok(Some(id)) => match state.store.get_tenant(id).await {
+                    Ok(Some(tenant)) => return Ok(tenant),
+                    Ok(None) => {}
+                    Err(err) => return Err(storage_failed(&err, 1)),
+                },
+                Ok(None) => {}
+                Err(err) => return Err(storage_failed(&err, 1)),
             }
         }
-        Err(err) => return Err(failed(err)),
     }
-    if let Some(number) = called {
-        match state.store.tenant_by_phone_number(number).await {
-            Ok(Some(id)) => return Ok(Some(id)),
-            Ok(None) => {}
-            Err(err) => return Err(failed(err)),
-        }
-    }
-    Ok(Uuid::parse_str(&state.webhooks.default_tenant_id).ok())
+    resolve_tenant(state, token).await.map(|(_, tenant)| tenant)
+}
+
+/// The recording URL must be one the post-call worker will fetch: refused here, before
+/// anything is stored, when the egress policy would refuse it.
+fn check_recording_url(
+    state: &AppState,
+    tenant: &Tenant,
+    url: Option<&str>,
+    source: RecordingSource,
+) -> Result<(), Box<HttpResponse>> {
+    let Some(url) = url else {
+        return Ok(());
+    };
+    state
+        .egress
+        .check_recording_url(url, source, &tenant.recording_hosts)
+        .map(|_| ())
+        .map_err(|e| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("recording URL: {e}"),
+            ))
+        })
 }
 
 async fn save(state: &AppState, update: RecordingUpdate) -> HttpResponse {
@@ -112,140 +138,144 @@ async fn save(state: &AppState, update: RecordingUpdate) -> HttpResponse {
     }
 }
 
+fn body_deadline(state: &AppState) -> std::time::Duration {
+    std::time::Duration::from_millis(state.ingress.body_timeout_ms)
+}
+
 async fn twilio(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
     token: Option<String>,
 ) -> HttpResponse {
-    let body = match read_body(payload, state.webhooks.max_body_bytes).await {
+    let body = match read_body(
+        payload,
+        state.webhooks.max_body_bytes,
+        body_deadline(&state),
+    )
+    .await
+    {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let params: Vec<(String, String)> = match serde_urlencoded::from_bytes(&body) {
+    let parsed = match super::callback_parse::parse_twilio_recording(&body) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed form body: {e}")),
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+    let tenant = match callback_tenant(&state, token.as_deref(), parsed.to.as_deref()).await {
+        Ok(t) => t,
+        Err(response) => return response,
     };
-    let (Some(call_sid), Some(recording_sid), Some(status)) =
-        (get("CallSid"), get("RecordingSid"), get("RecordingStatus"))
-    else {
-        let missing = ["CallSid", "RecordingSid", "RecordingStatus"]
-            .into_iter()
-            .find(|f| get(f).is_none())
-            .unwrap_or("CallSid");
-        return error(StatusCode::BAD_REQUEST, format!("missing field {missing}"));
+    let secret = match required_secret(
+        &tenant,
+        tenant.twilio_auth_token.as_ref(),
+        "Twilio auth token",
+    ) {
+        Ok(secret) => secret,
+        Err(response) => return *response,
     };
-    let duration_secs = match get("RecordingDuration") {
-        None => None,
-        Some(d) => match d.parse::<i64>() {
-            Ok(secs) if secs >= 0 => Some(secs),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("RecordingDuration {d:?} is not a whole number of seconds"),
-                )
-            }
-        },
-    };
-    let called = get("To");
-    let tenant_id =
-        match callback_tenant(&state, token.as_deref(), &call_sid, called.as_deref()).await {
-            Ok(t) => t,
-            Err(response) => return response,
-        };
-    // Signature, when the tenant has a Twilio auth token.
-    if let Some(tenant_id) = tenant_id {
-        let tenant = match state.store.get_tenant(tenant_id).await {
-            Ok(t) => t,
-            Err(err) => return storage_failed(&err, 1),
-        };
-        if let Some(auth) = tenant.and_then(|t| t.twilio_auth_token) {
-            let url = public_url(&req, &state);
-            let expected = super::signature::twilio(auth.expose(), &url, &params);
-            let given = req
-                .headers()
-                .get("x-twilio-signature")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if !crate::media::auth::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                tracing::warn!(%url, "Twilio recording callback refused: bad signature");
-                return error(StatusCode::FORBIDDEN, "X-Twilio-Signature does not match");
-            }
+    if let Some(auth) = secret {
+        let url = public_url(&req, &state);
+        let expected = super::signature::twilio(auth.expose(), &url, &parsed.params);
+        let given = req
+            .headers()
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !crate::crypto::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            tracing::warn!(tenant_id = %tenant.id, "Twilio recording callback refused: bad signature");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "X-Twilio-Signature does not match",
+            );
         }
     }
-    let recording_url = get("RecordingUrl");
+    if let Err(response) = check_recording_url(
+        &state,
+        &tenant,
+        parsed.recording_url.as_deref(),
+        RecordingSource::Twilio,
+    ) {
+        return *response;
+    }
     let update = RecordingUpdate {
-        external_id: call_sid,
+        external_id: parsed.call_sid,
         protocol: Protocol::Twilio,
-        recording_id: recording_sid,
-        recording_url,
-        status,
-        duration_secs,
-        tenant_for_unknown_call: tenant_id,
-        phone_number: get("From"),
+        recording_id: parsed.recording_sid,
+        recording_url: parsed.recording_url,
+        status: parsed.status,
+        duration_secs: parsed.duration_secs,
+        tenant_id: tenant.id,
+        phone_number: parsed.from,
     };
     save(&state, update).await
 }
 
 async fn vonage(
-    _req: HttpRequest,
+    req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
     token: Option<String>,
 ) -> HttpResponse {
-    let body = match read_body(payload, state.webhooks.max_body_bytes).await {
+    let body = match read_body(
+        payload,
+        state.webhooks.max_body_bytes,
+        body_deadline(&state),
+    )
+    .await
+    {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+    let parsed = match super::callback_parse::parse_vonage_recording(&body) {
+        Ok(p) => p,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let text = |field: &str| {
-        value[field]
-            .as_str()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
+    let tenant = match callback_tenant(&state, token.as_deref(), parsed.to.as_deref()).await {
+        Ok(t) => t,
+        Err(response) => return response,
     };
-    let Some(recording_url) = text("recording_url") else {
-        return error(StatusCode::BAD_REQUEST, "missing field recording_url");
-    };
-    let Some(recording_id) = text("recording_uuid") else {
-        return error(StatusCode::BAD_REQUEST, "missing field recording_uuid");
-    };
-    let Some(conversation) = text("conversation_uuid") else {
-        return error(StatusCode::BAD_REQUEST, "missing field conversation_uuid");
-    };
-    let called = text("to");
-    let tenant_id =
-        match callback_tenant(&state, token.as_deref(), &conversation, called.as_deref()).await {
-            Ok(t) => t,
-            Err(response) => return response,
-        };
-    let duration_secs = match (
-        text("start_time").and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok()),
-        text("end_time").and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok()),
+    let secret = match required_secret(
+        &tenant,
+        tenant.vonage_signature_secret.as_ref(),
+        "Vonage signature",
     ) {
-        (Some(start), Some(end)) => Some((end - start).num_seconds().max(0)),
-        _ => None,
+        Ok(secret) => secret,
+        Err(response) => return *response,
     };
+    if let Some(secret) = secret {
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if let Err(reason) = super::signature::verify_vonage(
+            authorization,
+            secret.expose(),
+            &body,
+            chrono::Utc::now().timestamp(),
+            state.webhooks.signature_tolerance_secs,
+        ) {
+            tracing::warn!(tenant_id = %tenant.id, %reason, "Vonage recording callback refused");
+            return error(StatusCode::UNAUTHORIZED, reason);
+        }
+    }
+    if let Err(response) = check_recording_url(
+        &state,
+        &tenant,
+        Some(parsed.recording_url.as_str()),
+        RecordingSource::Vonage,
+    ) {
+        return *response;
+    }
     let update = RecordingUpdate {
-        external_id: conversation,
+        external_id: parsed.conversation_uuid,
         protocol: Protocol::Vonage,
-        recording_id,
-        recording_url: Some(recording_url),
+        recording_id: parsed.recording_uuid,
+        recording_url: Some(parsed.recording_url),
         status: "completed".into(),
-        duration_secs,
-        tenant_for_unknown_call: tenant_id,
-        phone_number: text("from"),
+        duration_secs: parsed.duration_secs,
+        tenant_id: tenant.id,
+        phone_number: parsed.from,
     };
     save(&state, update).await
 }

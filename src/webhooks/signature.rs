@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 
-use crate::media::auth::constant_time_eq;
+use crate::crypto::constant_time_eq;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -44,7 +44,8 @@ pub fn verify_elevenlabs(
     let stamp: i64 = t
         .parse()
         .map_err(|_| "ElevenLabs-Signature t= is not a number")?;
-    if now - stamp > tolerance_secs as i64 {
+    // i128: neither a far-past `t` nor a huge tolerance may overflow into "fresh".
+    if i128::from(now) - i128::from(stamp) > i128::from(tolerance_secs) {
         return Err("ElevenLabs-Signature is too old");
     }
     let expected = elevenlabs_v0(secret, t, body);
@@ -73,9 +74,113 @@ pub fn twilio(auth_token: &str, url: &str, params: &[(String, String)]) -> Strin
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// Checks a Vonage signed callback: `Authorization: Bearer <JWT>`, HS256 with the account's
+/// signature secret, `iat` no older than `tolerance_secs` (nor in the future by more), and a
+/// `payload_hash` claim equal to the SHA-256 hex of the body. `now` in Unix seconds.
+pub fn verify_vonage(
+    authorization: Option<&str>,
+    secret: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: u64,
+) -> Result<(), &'static str> {
+    use sha2::Digest;
+    let token = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or("missing Authorization: Bearer <signed JWT>")?;
+    if token.len() > 8 * 1024 {
+        return Err("the JWT is too long");
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("the JWT does not have three parts");
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let decode = |part: &str| -> Result<serde_json::Value, &'static str> {
+        let bytes = b64.decode(part).map_err(|_| "the JWT is not base64url")?;
+        serde_json::from_slice(&bytes).map_err(|_| "the JWT is not JSON")
+    };
+    if decode(header)?.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+        return Err("the JWT is not HS256");
+    }
+    let Ok(mut mac) = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) else {
+        return Err("bad secret");
+    };
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(claims.as_bytes());
+    let expected = b64.encode(mac.finalize().into_bytes());
+    if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+        return Err("the JWT signature does not match");
+    }
+    let claims = decode(claims)?;
+    let iat = claims
+        .get("iat")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or("the JWT has no iat")?;
+    if (now - iat).unsigned_abs() > tolerance_secs {
+        return Err("the JWT is too old");
+    }
+    let hash = claims
+        .get("payload_hash")
+        .and_then(|h| h.as_str())
+        .ok_or("the JWT has no payload_hash")?;
+    let actual = hex(&sha2::Sha256::digest(body));
+    if !constant_time_eq(hash.to_ascii_lowercase().as_bytes(), actual.as_bytes()) {
+        return Err("payload_hash does not match the body");
+    }
+    Ok(())
+}
+
+/// A Vonage-style signed JWT for `body` (tests and the load generator sign with it).
+pub fn sign_vonage(secret: &str, body: &[u8], iat: i64) -> String {
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = serde_json::json!({
+        "iat": iat,
+        "jti": format!("{iat}-{}", body.len()),
+        "payload_hash": hex(&sha2::Sha256::digest(body)),
+    });
+    let claims = b64.encode(claims.to_string());
+    let Ok(mut mac) = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(claims.as_bytes());
+    format!(
+        "{header}.{claims}.{}",
+        b64.encode(mac.finalize().into_bytes())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vonage_signed_callbacks() {
+        let body = br#"{"recording_url":"https://api.nexmo.com/v1/files/x"}"#;
+        let now = 1_700_000_000;
+        let jwt = sign_vonage("sig-secret", body, now);
+        let bearer = format!("Bearer {jwt}");
+        assert!(verify_vonage(Some(&bearer), "sig-secret", body, now + 5, 300).is_ok());
+        assert!(verify_vonage(Some(&bearer), "other", body, now, 300).is_err());
+        assert!(verify_vonage(Some(&bearer), "sig-secret", b"{}", now, 300).is_err());
+        assert!(verify_vonage(Some(&bearer), "sig-secret", body, now + 301, 300).is_err());
+        assert!(verify_vonage(None, "sig-secret", body, now, 300).is_err());
+        assert!(verify_vonage(Some("Bearer a.b"), "sig-secret", body, now, 300).is_err());
+        let none_alg = format!(
+            "Bearer {}.{}.",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            jwt.split('.').nth(1).unwrap()
+        );
+        assert!(verify_vonage(Some(&none_alg), "sig-secret", body, now, 300).is_err());
+    }
 
     #[test]
     fn elevenlabs_header_checks() {

@@ -117,14 +117,23 @@ impl TestDb {
     }
 }
 
-/// Store options for tests: short timeouts, the given node id.
+/// The node key of every test store and app (32 bytes 0..=31, base64).
+pub const TEST_NODE_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Store options for tests: short timeouts, the given node id, the test node key.
 pub fn test_options(node_id: &str) -> StoreOptions {
     StoreOptions {
         node_id: node_id.into(),
+        node_key: Some(callengine::crypto::NodeKey::from_base64(TEST_NODE_KEY).unwrap()),
         connect_timeout: Duration::from_secs(5),
         acquire_timeout: Duration::from_secs(10),
         ..StoreOptions::default()
     }
+}
+
+/// Scrapes `/metrics` with the test apps' admin token (`/metrics` needs it once one is set).
+pub async fn metrics(port: u16) -> (u16, String) {
+    http_request(port, "GET", "/metrics", Some(voice::TOKEN)).await
 }
 
 /// Sends one HTTP/1.1 GET over a fresh loopback connection; returns status and body.

@@ -75,6 +75,18 @@ impl TestApp {
             ("CALLENGINE_POSTCALL__WORKERS".into(), "0".into()),
             ("CALLENGINE_POSTCALL__WEBHOOK_WORKERS".into(), "0".into()),
             ("CALLENGINE_STT__BACKOFF_MAX_MS".into(), "100".into()),
+            (
+                "CALLENGINE_SECURITY__NODE_KEY".into(),
+                super::TEST_NODE_KEY.into(),
+            ),
+            // The local stand-ins for carriers and receivers listen on loopback over http; the
+            // security suite sets these back to the strict defaults.
+            ("CALLENGINE_EGRESS__ALLOW_HTTP".into(), "true".into()),
+            ("CALLENGINE_EGRESS__ALLOW_PRIVATE".into(), "true".into()),
+            (
+                "CALLENGINE_EGRESS__RECORDING_HOSTS".into(),
+                "127.0.0.1,localhost".into(),
+            ),
         ];
         for (k, v) in extra {
             env.push((k.to_string(), v.to_string()));
@@ -109,9 +121,13 @@ impl TestApp {
     }
 }
 
-/// Query string for a new call with fresh ids.
+/// The open tenant (`media_open`) every test app has: the engine's local tenant, which a node
+/// listening on loopback creates (`/ws/voice` admits only known tenants).
+pub const OPEN_TENANT: Uuid = callengine::ingress::admission::LOCAL_TENANT;
+
+/// Query string for a new call of the open tenant with fresh campaign and lead ids.
 pub fn call_query() -> String {
-    let (t, c, l) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (t, c, l) = (OPEN_TENANT, Uuid::new_v4(), Uuid::new_v4());
     format!("tenant_id={t}&campaign_id={c}&lead_id={l}&phone_number=%2B14155550100")
 }
 
@@ -210,6 +226,16 @@ impl VoiceClient {
     /// Sends one binary message as is.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.sink.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// Sends one text message; false when the server has already closed the socket.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.sink.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    /// Sends one binary message; false when the server has already closed the socket.
+    pub async fn try_send_binary(&mut self, bytes: Vec<u8>) -> bool {
+        self.sink.send(Message::Binary(bytes.into())).await.is_ok()
     }
 
     /// Sends one text message.

@@ -17,24 +17,26 @@ use actix_ws::{Message as WsMessage, MessageStream, Session};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use super::audiofork;
-use super::auth::{admit, Refusal, UpgradeCredentials};
-use super::normalize::{AudioFormat, Encoding, Normalizer};
-use super::twilio::{self, Sequence, SequenceTracker, TwilioMessage};
-use super::voice::MAX_MESSAGE_BYTES;
-use super::vonage::{self, VonageEvent};
-use super::{ids_from_map, ws_input, CallIds, MediaEvent, WsData};
+use super::admission::{admit, Admitted, HandshakeSlot, Refusal, UpgradeCredentials};
+use super::{refused, ws_input, WsData};
 use crate::app::AppState;
 use crate::call::actor::{CallActor, CallParams};
 use crate::call::outbound::spawn_writer;
+use crate::media::audiofork;
+use crate::media::normalize::{AudioFormat, Encoding, Normalizer};
+use crate::media::twilio::{self, Sequence, SequenceTracker, TwilioMessage};
+use crate::media::voice::MAX_MESSAGE_BYTES;
+use crate::media::vonage::{self, VonageEvent};
+use crate::media::{ids_from_map, CallIds, MediaEvent};
 use crate::store::Protocol;
 
 /// Closes a refused stream with `code` and the reason.
 async fn refuse(session: Session, protocol: Protocol, code: u16, reason: String) {
+    let reason = super::bounded(&reason, 120);
     tracing::warn!(%protocol, code, %reason, "media stream refused");
     let close = actix_ws::CloseReason {
         code: actix_ws::CloseCode::from(code),
-        description: Some(reason.chars().take(120).collect()),
+        description: Some(reason),
     };
     let _ = session.close(Some(close)).await;
 }
@@ -89,7 +91,7 @@ async fn start_call(
     session: Session,
     accepted: Accepted,
     credentials: UpgradeCredentials,
-    input: impl FnOnce() -> super::MediaInput,
+    input: impl FnOnce() -> crate::media::MediaInput,
 ) {
     let Accepted {
         ids,
@@ -104,11 +106,11 @@ async fn start_call(
         ids.tenant_id,
         token.as_deref(),
         &credentials,
-        protocol == Protocol::Twilio,
+        protocol,
     )
     .await
     {
-        Ok(permit) => permit,
+        Ok(Admitted { permit, .. }) => permit,
         Err(Refusal { code, reason }) => return refuse(session, protocol, code, reason).await,
     };
     let params = CallParams {
@@ -142,10 +144,22 @@ fn redact_token(mut metadata: Value) -> Value {
     metadata
 }
 
-fn draining() -> HttpResponse {
-    HttpResponse::ServiceUnavailable().json(serde_json::json!({
-        "status": "draining", "reason": "node is shutting down"
-    }))
+/// Refuses before the upgrade while draining or when too many handshakes are pending;
+/// otherwise a handshake slot, held until the stream is admitted or refused.
+fn before_upgrade(state: &AppState) -> Result<HandshakeSlot, Box<HttpResponse>> {
+    use actix_web::http::StatusCode;
+    if state.is_draining() {
+        return Err(Box::new(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is shutting down",
+        )));
+    }
+    state.handshakes.try_take().ok_or_else(|| {
+        Box::new(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections in their handshake",
+        ))
+    })
 }
 
 /// Turns normalised frames into audio events.
@@ -167,13 +181,16 @@ pub async fn vonage_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if state.is_draining() {
-        return Ok(draining());
-    }
-    let credentials = UpgradeCredentials::from_request(&req);
+    let slot = match before_upgrade(&state) {
+        Ok(slot) => slot,
+        Err(response) => return Ok(*response),
+    };
+    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    actix_web::rt::spawn(vonage_session(state, session, stream, credentials));
+    actix_web::rt::spawn(
+        async move { vonage_session(state, session, stream, credentials, slot).await },
+    );
     Ok(response)
 }
 
@@ -182,6 +199,7 @@ async fn vonage_session(
     mut session: Session,
     mut stream: MessageStream,
     credentials: UpgradeCredentials,
+    _slot: HandshakeSlot,
 ) {
     let deadline = handshake_deadline(&state);
     let first = match next_text(&mut stream, &mut session, deadline).await {
@@ -246,13 +264,16 @@ pub async fn twilio_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if state.is_draining() {
-        return Ok(draining());
-    }
-    let credentials = UpgradeCredentials::from_request(&req);
+    let slot = match before_upgrade(&state) {
+        Ok(slot) => slot,
+        Err(response) => return Ok(*response),
+    };
+    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    actix_web::rt::spawn(twilio_session(state, session, stream, credentials));
+    actix_web::rt::spawn(
+        async move { twilio_session(state, session, stream, credentials, slot).await },
+    );
     Ok(response)
 }
 
@@ -261,6 +282,7 @@ async fn twilio_session(
     mut session: Session,
     mut stream: MessageStream,
     credentials: UpgradeCredentials,
+    _slot: HandshakeSlot,
 ) {
     let deadline = handshake_deadline(&state);
     let mut tracker = SequenceTracker::default();
@@ -369,10 +391,11 @@ pub async fn audiofork_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if state.is_draining() {
-        return Ok(draining());
-    }
-    let credentials = UpgradeCredentials::from_request(&req);
+    let slot = match before_upgrade(&state) {
+        Ok(slot) => slot,
+        Err(response) => return Ok(*response),
+    };
+    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
     let query: Map<String, Value> =
         serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
             .unwrap_or_default()
@@ -395,13 +418,9 @@ pub async fn audiofork_ws(
         }
     }
     let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    actix_web::rt::spawn(audiofork_session(
-        state,
-        session,
-        stream,
-        credentials,
-        query,
-    ));
+    actix_web::rt::spawn(async move {
+        audiofork_session(state, session, stream, credentials, query, slot).await
+    });
     Ok(response)
 }
 
@@ -411,6 +430,7 @@ async fn audiofork_session(
     mut stream: MessageStream,
     credentials: UpgradeCredentials,
     query: Map<String, Value>,
+    _slot: HandshakeSlot,
 ) {
     let deadline = handshake_deadline(&state);
     let first = match next_text(&mut stream, &mut session, deadline).await {

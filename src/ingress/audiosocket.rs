@@ -3,7 +3,7 @@
 //! Admission is by source address (`media.audiosocket_allow`) and the node's limits; the tenant
 //! is `media.audiosocket_tenant_id`; the first message must be the call's UUID (the external
 //! id). Sessions are spread over a few arbiters. A reader task turns the byte stream into media
-//! events with the pure [`super::audiosocket::Decoder`]; the writer answers the engine's close
+//! events with the pure [`crate::media::audiosocket::Decoder`]; the writer answers the engine's close
 //! with an AudioSocket hangup (`00 00 00`) and closes the socket.
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,12 +17,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::audiosocket::{Decoder, Frame, FrameError};
-use super::normalize::{AudioFormat, Encoding, Normalizer};
-use super::MediaEvent;
+use super::admission::{admit, Admitted, HandshakeSlot, UpgradeCredentials};
 use crate::app::AppState;
 use crate::call::actor::{CallActor, CallParams};
 use crate::call::outbound::Outbound;
+use crate::media::audiosocket::{Decoder, Frame, FrameError};
+use crate::media::normalize::{AudioFormat, Encoding, Normalizer};
+use crate::media::MediaEvent;
 use crate::store::Protocol;
 
 /// Events buffered from the socket towards the call before the reader waits.
@@ -93,21 +94,33 @@ impl AudioSocketListener {
                     drop(tcp);
                     continue;
                 }
+                let Some(slot) = state.handshakes.try_take() else {
+                    tracing::warn!(%peer, "AudioSocket connection refused: too many handshakes");
+                    drop(tcp);
+                    continue;
+                };
                 let arbiter = &arbiters[next % arbiters.len()];
                 next = next.wrapping_add(1);
-                arbiter.spawn(session(state.clone(), tcp, peer));
+                arbiter.spawn(session(state.clone(), tcp, peer, slot));
             }
         });
         Ok(())
     }
 }
 
-async fn session(state: web::Data<AppState>, tcp: TcpStream, peer: SocketAddr) {
+async fn session(
+    state: web::Data<AppState>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: HandshakeSlot,
+) {
     let _ = tcp.set_nodelay(true);
     let (mut read, mut write) = tcp.into_split();
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; 8 * 1024];
-    let timeout = Duration::from_millis(state.media.handshake_timeout_ms);
+    // One deadline for the whole handshake, however the bytes trickle in.
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(state.media.handshake_timeout_ms);
     // Handshake: the first message must be the call's UUID.
     let uuid = loop {
         match decoder.next_frame() {
@@ -122,7 +135,7 @@ async fn session(state: web::Data<AppState>, tcp: TcpStream, peer: SocketAddr) {
             }
             Ok(None) => {}
         }
-        match tokio::time::timeout(timeout, read.read(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, read.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => decoder.push(&buf[..n]),
             _ => {
                 tracing::warn!(%peer, "AudioSocket session ended before its UUID");
@@ -146,12 +159,20 @@ async fn session(state: web::Data<AppState>, tcp: TcpStream, peer: SocketAddr) {
         return;
     };
     let tenant_id = registered.as_ref().map_or(default_tenant, |c| c.tenant_id);
-    let permit = match state.limiter.try_acquire(tenant_id, None) {
-        Ok(permit) => permit,
-        Err(reason) => {
-            tracing::warn!(%peer, %uuid, %reason, "AudioSocket session refused: limit");
+    // The listener admits by source address; the tenant must still exist and its caps apply.
+    let credentials = UpgradeCredentials {
+        trusted_listener: true,
+        ..Default::default()
+    };
+    let admitted = admit(&state, tenant_id, None, &credentials, Protocol::AudioSocket).await;
+    drop(slot);
+    let permit = match admitted {
+        Ok(Admitted { permit, .. }) => permit,
+        Err(refusal) => {
+            tracing::warn!(%peer, %uuid, code = refusal.code, reason = %refusal.reason,
+                "AudioSocket session refused");
             let _ = write
-                .write_all(&super::audiosocket::encode(0xff, &[0x04]))
+                .write_all(&crate::media::audiosocket::encode(0xff, &[0x04]))
                 .await;
             return;
         }

@@ -1,0 +1,117 @@
+//! `GET /ws/voice/{external_uuid}`: the generic PCM WebSocket's upgrade and admission.
+//!
+//! The client proves its tenant with the tenant's media token — `Authorization: Bearer …` on
+//! the upgrade or a `token` query parameter — unless the tenant is `media_open`. Bad parameters
+//! are answered with a JSON `error` event and close 4000; a refused admission with an `error`
+//! event and close 1008 (unknown tenant, missing or wrong token) or 1013 (call caps, database
+//! unavailable). Neither leaves a call row. The protocol itself is in [`crate::media::voice`].
+
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+
+use super::admission::{admit, Admitted, Refusal, UpgradeCredentials};
+use super::{refused, ws_input, WsData};
+use crate::app::AppState;
+use crate::audio::pcm::{validate_frame, PcmFormat};
+use crate::call::actor::CallActor;
+use crate::call::outbound::spawn_writer;
+use crate::media::voice::{parse_params, MAX_MESSAGE_BYTES};
+use crate::media::MediaEvent;
+
+/// The WebSocket upgrade: admits the stream and starts a `CallActor`, or refuses it.
+#[get("/ws/voice/{external_uuid}")]
+pub async fn voice_ws(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    use actix_web::http::StatusCode;
+    if state.is_draining() {
+        return Ok(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is shutting down",
+        ));
+    }
+    let Some(slot) = state.handshakes.try_take() else {
+        return Ok(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections in their handshake",
+        ));
+    };
+    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
+    let params = parse_params(&path, req.query_string());
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
+    actix_web::rt::spawn(async move {
+        let params = match params {
+            Ok(params) => params,
+            Err(message) => return reject(session, Refusal::bad_request(message)).await,
+        };
+        let token = credentials.bearer.clone();
+        let admitted = admit(
+            &state,
+            params.tenant_id,
+            token.as_deref(),
+            &credentials,
+            params.protocol,
+        )
+        .await;
+        drop(slot);
+        match admitted {
+            Ok(Admitted { permit, .. }) => {
+                let out = spawn_writer(session, true);
+                let input = ws_input(stream, translate);
+                CallActor::new(Arc::clone(&state.calls), params, input, out, Some(permit)).start();
+            }
+            Err(refusal) => reject(session, refusal).await,
+        }
+    });
+    Ok(response)
+}
+
+/// The generic protocol: binary PCM s16le 16 kHz mono in whole 20 ms frames (up to 100 ms);
+/// text `{"type":"stop"}` ends the call.
+fn translate(data: WsData) -> Vec<MediaEvent> {
+    match data {
+        WsData::Binary(pcm) => match validate_frame(PcmFormat::WIDEBAND, &pcm) {
+            Ok(_) => vec![MediaEvent::Audio { channel: 0, pcm }],
+            Err(reason) => vec![MediaEvent::Invalid(reason.to_string())],
+        },
+        WsData::Text(text) => {
+            let kind = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v.get("type")
+                        .or_else(|| v.get("event"))
+                        .and_then(|t| t.as_str())
+                        .map(String::from)
+                });
+            match kind.as_deref() {
+                Some("stop") => vec![MediaEvent::Stop],
+                _ => vec![MediaEvent::Ignored(format!(
+                    "text message of {} bytes",
+                    text.len()
+                ))],
+            }
+        }
+    }
+}
+
+/// An `error` event naming the reason, then the refusal's close code.
+async fn reject(mut session: actix_ws::Session, refusal: Refusal) {
+    let refusal = Refusal {
+        reason: super::bounded(&refusal.reason, 120),
+        ..refusal
+    };
+    tracing::warn!(code = refusal.code, reason = %refusal.reason, "voice session refused");
+    let event = serde_json::json!({ "type": "error", "message": refusal.reason });
+    let _ = session.text(event.to_string()).await;
+    let reason = actix_ws::CloseReason {
+        code: actix_ws::CloseCode::from(refusal.code),
+        description: Some(refusal.reason),
+    };
+    let _ = session.close(Some(reason)).await;
+}

@@ -1,0 +1,38 @@
+//! Security suite (issue 13): every way in is admitted, every lookup is scoped to its tenant,
+//! nothing is fetched where it should not be, and no hostile input takes down more than its own
+//! request. One test binary with a module per concern; the database-backed tests run on SQLite
+//! and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+/// `name(Backend)` as two tests, `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+
+mod crosstenant;
+mod egress;
+mod fuzz;
+mod hostile;
+mod ingress;
+mod ops;
+mod worker_isolation;
