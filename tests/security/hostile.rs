@@ -266,6 +266,8 @@ async fn media_catalogue(backend: Backend) {
             1008,
         ),
         (20, "/ws/vonage".into(), vec![], false, 4000),
+        (49, "/ws/twilio".into(), vec![format!(r#"{{"event":"start","sequenceNumber":"1","start":{{"streamSid":"MZ1","accountSid":"AC1","callSid":"CA9","tracks":["inbound"],"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"customParameters":{{"tenant_id":"{}","token":"{MEDIA}"}}}}}}"#, u())], false, 1008),
+        (50, "/ws/twilio".into(), vec![r#"{"event":"start","sequenceNumber":"1","start":{"streamSid":"MZ1","accountSid":"AC1","callSid":"CA9","tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":191999,"channels":1},"customParameters":{}}}"#.into()], false, 4000),
     ];
     let before = total_calls(&w).await;
     for (n, path, messages, binary_first, expected) in cases {

@@ -299,6 +299,16 @@ async fn secrets_at_rest(backend: Backend) {
         .await
         .unwrap()
         .is_some());
+    // A webhook URL without a secret would mean unsigned webhooks: refused.
+    let unsigned = app
+        .store()
+        .insert_tenant(&NewTenant {
+            name: "unsigned-hooks".into(),
+            webhook_url: Some("https://hooks.example.com/x".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(unsigned, Err(StoreError::InvalidInput(_))));
     // Short tokens are refused.
     let short = app
         .store()
@@ -382,4 +392,47 @@ async fn sqlite_audiosocket_tenant_cap_applies() {
 #[actix_rt::test]
 async fn postgres_audiosocket_tenant_cap_applies() {
     audiosocket_admission(Backend::Postgres).await;
+}
+
+/// AudioSocket whose listener tenant has no row: every session refused with an error frame.
+async fn audiosocket_unknown_tenant(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let missing = Uuid::new_v4().to_string();
+    let app = TestApp::start(
+        backend,
+        &[
+            ("CALLENGINE_MEDIA__AUDIOSOCKET_BIND", "127.0.0.1:0"),
+            ("CALLENGINE_MEDIA__AUDIOSOCKET_TENANT_ID", missing.as_str()),
+        ],
+    )
+    .await;
+    let port = app.audiosocket_port.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut uuid = vec![0x01, 0x00, 0x10];
+    let external = Uuid::new_v4();
+    uuid.extend_from_slice(external.as_bytes());
+    tcp.write_all(&uuid).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the refused session must be closed");
+    assert_eq!(answer.first(), Some(&0xff), "error frame, got {answer:?}");
+    assert!(app
+        .store()
+        .calls_by_external_id(&external.to_string())
+        .await
+        .unwrap()
+        .is_empty());
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn sqlite_audiosocket_refuses_an_unknown_listener_tenant() {
+    audiosocket_unknown_tenant(Backend::Sqlite).await;
+}
+
+#[actix_rt::test]
+async fn postgres_audiosocket_refuses_an_unknown_listener_tenant() {
+    audiosocket_unknown_tenant(Backend::Postgres).await;
 }
