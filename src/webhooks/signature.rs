@@ -121,7 +121,7 @@ pub fn verify_vonage(
         .get("iat")
         .and_then(serde_json::Value::as_i64)
         .ok_or("the JWT has no iat")?;
-    if (now - iat).unsigned_abs() > tolerance_secs {
+    if (i128::from(now) - i128::from(iat)).unsigned_abs() > u128::from(tolerance_secs) {
         return Err("the JWT is too old");
     }
     let hash = claims
@@ -180,6 +180,9 @@ mod tests {
             jwt.split('.').nth(1).unwrap()
         );
         assert!(verify_vonage(Some(&none_alg), "sig-secret", body, now, 300).is_err());
+        // An iat at the far end of i64 is "too old", not an overflow.
+        let ancient = format!("Bearer {}", sign_vonage("sig-secret", body, i64::MIN));
+        assert!(verify_vonage(Some(&ancient), "sig-secret", body, now, 300).is_err());
     }
 
     #[test]

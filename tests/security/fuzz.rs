@@ -1109,6 +1109,56 @@ fn webhook_signature_verifiers() {
             }
         },
     );
+    let vonage_body = br#"{"recording_url":"https://api.nexmo.com/v1/files/x"}"#;
+    let jwt = signature::sign_vonage("vsecret", vonage_body, now);
+    let vonage_seeds = vec![format!("Bearer {jwt}").into_bytes()];
+    run(
+        "webhooks::signature::verify_vonage",
+        cases(),
+        |rng| {
+            let header = match rng.u8(..6) {
+                0 => None,
+                // Well formed and signed, with any iat at all.
+                1 => {
+                    let iat = match rng.u8(..3) {
+                        0 => [i64::MIN, i64::MAX, -1, 0][rng.usize(..4)],
+                        1 => rng.i64(..),
+                        _ => now + rng.i64(-5_000..5_000),
+                    };
+                    Some(format!(
+                        "Bearer {}",
+                        signature::sign_vonage("vsecret", vonage_body, iat)
+                    ))
+                }
+                _ => Some(
+                    String::from_utf8_lossy(&bytes_input(rng, &vonage_seeds, 512)).into_owned(),
+                ),
+            };
+            let body = if rng.u8(..4) == 0 {
+                random_bytes(rng, 64)
+            } else {
+                vonage_body.to_vec()
+            };
+            let now = match rng.u8(..4) {
+                0 => rng.i64(..),
+                _ => now + rng.i64(-5_000..5_000),
+            };
+            (header, body, now)
+        },
+        |(header, body, now)| {
+            match signature::verify_vonage(header.as_deref(), "vsecret", body, *now, 300) {
+                Err(e) => said(e),
+                // Property: accepted only for this body, signed with this secret, iat fresh.
+                Ok(()) => {
+                    assert_eq!(
+                        body.as_slice(),
+                        vonage_body.as_slice(),
+                        "accepted another body"
+                    );
+                }
+            }
+        },
+    );
     run(
         "webhooks::signature::twilio",
         cases(),
