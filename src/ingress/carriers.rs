@@ -18,14 +18,13 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::admission::{admit, Admitted, HandshakeSlot, Refusal, UpgradeCredentials};
-use super::{refused, ws_input, WsData};
+use super::{ws_input, WsData};
 use crate::app::AppState;
 use crate::call::actor::{CallActor, CallParams};
 use crate::call::outbound::spawn_writer;
 use crate::media::audiofork;
 use crate::media::normalize::{AudioFormat, Encoding, Normalizer};
 use crate::media::twilio::{self, Sequence, SequenceTracker, TwilioMessage};
-use crate::media::voice::MAX_MESSAGE_BYTES;
 use crate::media::vonage::{self, VonageEvent};
 use crate::media::{ids_from_map, CallIds, MediaEvent};
 use crate::store::Protocol;
@@ -144,24 +143,6 @@ fn redact_token(mut metadata: Value) -> Value {
     metadata
 }
 
-/// Refuses before the upgrade while draining or when too many handshakes are pending;
-/// otherwise a handshake slot, held until the stream is admitted or refused.
-fn before_upgrade(state: &AppState) -> Result<HandshakeSlot, Box<HttpResponse>> {
-    use actix_web::http::StatusCode;
-    if state.is_draining() {
-        return Err(Box::new(refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "node is shutting down",
-        )));
-    }
-    state.handshakes.try_take().ok_or_else(|| {
-        Box::new(refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections in their handshake",
-        ))
-    })
-}
-
 /// Turns normalised frames into audio events.
 fn audio_events(normalizer: &mut Normalizer, payload: &bytes::Bytes) -> Vec<MediaEvent> {
     let mut events = Vec::with_capacity(2);
@@ -181,17 +162,9 @@ pub async fn vonage_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let slot = match before_upgrade(&state) {
-        Ok(slot) => slot,
-        Err(response) => return Ok(*response),
-    };
-    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    actix_web::rt::spawn(
-        async move { vonage_session(state, session, stream, credentials, slot).await },
-    );
-    Ok(response)
+    super::upgrade(&req, body, state, |up| async move {
+        vonage_session(up.state, up.session, up.stream, up.credentials, up.slot).await
+    })
 }
 
 async fn vonage_session(
@@ -264,17 +237,9 @@ pub async fn twilio_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let slot = match before_upgrade(&state) {
-        Ok(slot) => slot,
-        Err(response) => return Ok(*response),
-    };
-    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    actix_web::rt::spawn(
-        async move { twilio_session(state, session, stream, credentials, slot).await },
-    );
-    Ok(response)
+    super::upgrade(&req, body, state, |up| async move {
+        twilio_session(up.state, up.session, up.stream, up.credentials, up.slot).await
+    })
 }
 
 async fn twilio_session(
@@ -391,11 +356,6 @@ pub async fn audiofork_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let slot = match before_upgrade(&state) {
-        Ok(slot) => slot,
-        Err(response) => return Ok(*response),
-    };
-    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
     let query: Map<String, Value> =
         serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
             .unwrap_or_default()
@@ -403,24 +363,28 @@ pub async fn audiofork_ws(
             .map(|(k, v)| (k, Value::String(v)))
             .collect();
     // mod_audio_fork offers its subprotocol; answer with it when asked.
-    let protocols: Vec<String> = req
+    let chosen = req
         .headers()
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
-        .unwrap_or_default();
-    let (mut response, session, stream) = actix_ws::handle(&req, body)?;
-    if let Some(chosen) = protocols.first() {
-        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(chosen) {
-            response
-                .headers_mut()
-                .insert(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, value);
-        }
+        .and_then(|v| v.split(',').next())
+        .and_then(|p| actix_web::http::header::HeaderValue::from_str(p.trim()).ok());
+    let mut response = super::upgrade(&req, body, state, |up| async move {
+        audiofork_session(
+            up.state,
+            up.session,
+            up.stream,
+            up.credentials,
+            query,
+            up.slot,
+        )
+        .await
+    })?;
+    if let (Some(value), true) = (chosen, response.status().is_informational()) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, value);
     }
-    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    actix_web::rt::spawn(async move {
-        audiofork_session(state, session, stream, credentials, query, slot).await
-    });
     Ok(response)
 }
 

@@ -85,6 +85,56 @@ pub fn ws_input(
         .boxed_local()
 }
 
+/// What a media WebSocket's handshake task gets: the upgraded socket, what the upgrade request
+/// carried for admission, and the handshake slot it holds until admitted or refused.
+pub(crate) struct Upgraded {
+    pub state: actix_web::web::Data<crate::app::AppState>,
+    pub session: actix_ws::Session,
+    pub stream: MessageStream,
+    pub credentials: admission::UpgradeCredentials,
+    pub slot: admission::HandshakeSlot,
+}
+
+/// The shared front of every media WebSocket: refuses with 503 while draining or when every
+/// handshake slot is taken, upgrades (messages capped at
+/// [`crate::media::voice::MAX_MESSAGE_BYTES`]), and runs the protocol's `handshake` on the
+/// worker's arbiter. Returns the upgrade response.
+pub(crate) fn upgrade<Fut>(
+    req: &actix_web::HttpRequest,
+    body: actix_web::web::Payload,
+    state: actix_web::web::Data<crate::app::AppState>,
+    handshake: impl FnOnce(Upgraded) -> Fut,
+) -> Result<actix_web::HttpResponse, actix_web::Error>
+where
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    use actix_web::http::StatusCode;
+    if state.is_draining() {
+        return Ok(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is shutting down",
+        ));
+    }
+    let Some(slot) = state.handshakes.try_take() else {
+        return Ok(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections in their handshake",
+        ));
+    };
+    let credentials =
+        admission::UpgradeCredentials::from_request(req, &state.webhooks.public_base_url);
+    let (response, session, stream) = actix_ws::handle(req, body)?;
+    let stream = stream.max_frame_size(crate::media::voice::MAX_MESSAGE_BYTES);
+    actix_web::rt::spawn(handshake(Upgraded {
+        state,
+        session,
+        stream,
+        credentials,
+        slot,
+    }));
+    Ok(response)
+}
+
 /// The JSON answer of a refused HTTP request before an upgrade.
 pub(crate) fn refused(
     status: actix_web::http::StatusCode,

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use actix::Actor;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 
-use super::admission::{admit, Admitted, Refusal, UpgradeCredentials};
-use super::{refused, ws_input, WsData};
+use super::admission::{admit, Admitted, Refusal};
+use super::{ws_input, WsData};
 use crate::app::AppState;
 use crate::audio::pcm::{validate_frame, PcmFormat};
 use crate::call::actor::CallActor;
 use crate::call::outbound::spawn_writer;
-use crate::media::voice::{parse_params, MAX_MESSAGE_BYTES};
+use crate::media::voice::parse_params;
 use crate::media::MediaEvent;
 
 /// The WebSocket upgrade: admits the stream and starts a `CallActor`, or refuses it.
@@ -28,48 +28,38 @@ pub async fn voice_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    use actix_web::http::StatusCode;
-    if state.is_draining() {
-        return Ok(refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "node is shutting down",
-        ));
-    }
-    let Some(slot) = state.handshakes.try_take() else {
-        return Ok(refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections in their handshake",
-        ));
-    };
-    let credentials = UpgradeCredentials::from_request(&req, &state.webhooks.public_base_url);
     let params = parse_params(&path, req.query_string());
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(MAX_MESSAGE_BYTES);
-    actix_web::rt::spawn(async move {
+    super::upgrade(&req, body, state, |up| async move {
         let params = match params {
             Ok(params) => params,
-            Err(message) => return reject(session, Refusal::bad_request(message)).await,
+            Err(message) => return reject(up.session, Refusal::bad_request(message)).await,
         };
-        let token = credentials.bearer.clone();
+        let token = up.credentials.bearer.clone();
         let admitted = admit(
-            &state,
+            &up.state,
             params.tenant_id,
             token.as_deref(),
-            &credentials,
+            &up.credentials,
             params.protocol,
         )
         .await;
-        drop(slot);
+        drop(up.slot);
         match admitted {
             Ok(Admitted { permit, .. }) => {
-                let out = spawn_writer(session, true);
-                let input = ws_input(stream, translate);
-                CallActor::new(Arc::clone(&state.calls), params, input, out, Some(permit)).start();
+                let out = spawn_writer(up.session, true);
+                let input = ws_input(up.stream, translate);
+                CallActor::new(
+                    Arc::clone(&up.state.calls),
+                    params,
+                    input,
+                    out,
+                    Some(permit),
+                )
+                .start();
             }
-            Err(refusal) => reject(session, refusal).await,
+            Err(refusal) => reject(up.session, refusal).await,
         }
-    });
-    Ok(response)
+    })
 }
 
 /// The generic protocol: binary PCM s16le 16 kHz mono in whole 20 ms frames (up to 100 ms);

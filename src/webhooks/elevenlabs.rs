@@ -146,8 +146,7 @@ async fn handle(
     state: web::Data<AppState>,
     token: Option<String>,
 ) -> HttpResponse {
-    let deadline = std::time::Duration::from_millis(state.ingress.body_timeout_ms);
-    let body = match read_body(payload, state.webhooks.max_body_bytes, deadline).await {
+    let body = match read_body(payload, &state).await {
         Ok(body) => body,
         Err(response) => return response,
     };

@@ -59,13 +59,16 @@ fn bad_request(message: impl Into<String>) -> HttpResponse {
     error(actix_web::http::StatusCode::BAD_REQUEST, message)
 }
 
-/// Reads the raw body, refusing more than `limit` bytes with a 400 naming the limit, and a
-/// body not complete within `deadline` with a 408.
+/// Reads the raw body, refusing more than `webhooks.max_body_bytes` with a 400 naming the
+/// limit, and a body not complete within `ingress.body_timeout_ms` with a 408.
 pub async fn read_body(
     payload: web::Payload,
-    limit: usize,
-    deadline: Duration,
+    state: &AppState,
 ) -> Result<web::Bytes, HttpResponse> {
+    let (limit, deadline) = (
+        state.webhooks.max_body_bytes,
+        Duration::from_millis(state.ingress.body_timeout_ms),
+    );
     match tokio::time::timeout(deadline, read_body_unbounded(payload, limit)).await {
         Ok(result) => result,
         Err(_) => Err(error(

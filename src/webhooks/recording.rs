@@ -101,6 +101,22 @@ async fn callback_tenant(
     resolve_tenant(state, token).await.map(|(_, tenant)| tenant)
 }
 
+/// The callback's tenant and the secret its signature must be made with (`None`: the tenant is
+/// explicitly `webhooks_unsigned`); 401 when the tenant has no such secret.
+async fn signing_tenant(
+    state: &AppState,
+    token: Option<&str>,
+    called: Option<&str>,
+    secret_of: fn(&Tenant) -> Option<&crate::config::Secret>,
+    kind: &str,
+) -> Result<(Tenant, Option<crate::config::Secret>), HttpResponse> {
+    let tenant = callback_tenant(state, token, called).await?;
+    let secret = required_secret(&tenant, secret_of(&tenant), kind)
+        .map_err(|response| *response)?
+        .cloned();
+    Ok((tenant, secret))
+}
+
 /// The recording URL must be one the post-call worker will fetch: refused here, before
 /// anything is stored, when the egress policy would refuse it.
 fn check_recording_url(
@@ -138,23 +154,13 @@ async fn save(state: &AppState, update: RecordingUpdate) -> HttpResponse {
     }
 }
 
-fn body_deadline(state: &AppState) -> std::time::Duration {
-    std::time::Duration::from_millis(state.ingress.body_timeout_ms)
-}
-
 async fn twilio(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
     token: Option<String>,
 ) -> HttpResponse {
-    let body = match read_body(
-        payload,
-        state.webhooks.max_body_bytes,
-        body_deadline(&state),
-    )
-    .await
-    {
+    let body = match read_body(payload, &state).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -162,17 +168,17 @@ async fn twilio(
         Ok(p) => p,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let tenant = match callback_tenant(&state, token.as_deref(), parsed.to.as_deref()).await {
-        Ok(t) => t,
-        Err(response) => return response,
-    };
-    let secret = match required_secret(
-        &tenant,
-        tenant.twilio_auth_token.as_ref(),
+    let (tenant, secret) = match signing_tenant(
+        &state,
+        token.as_deref(),
+        parsed.to.as_deref(),
+        |t| t.twilio_auth_token.as_ref(),
         "Twilio auth token",
-    ) {
-        Ok(secret) => secret,
-        Err(response) => return *response,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     if let Some(auth) = secret {
         let url = public_url(&req, &state);
@@ -217,13 +223,7 @@ async fn vonage(
     state: web::Data<AppState>,
     token: Option<String>,
 ) -> HttpResponse {
-    let body = match read_body(
-        payload,
-        state.webhooks.max_body_bytes,
-        body_deadline(&state),
-    )
-    .await
-    {
+    let body = match read_body(payload, &state).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -231,17 +231,17 @@ async fn vonage(
         Ok(p) => p,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let tenant = match callback_tenant(&state, token.as_deref(), parsed.to.as_deref()).await {
-        Ok(t) => t,
-        Err(response) => return response,
-    };
-    let secret = match required_secret(
-        &tenant,
-        tenant.vonage_signature_secret.as_ref(),
+    let (tenant, secret) = match signing_tenant(
+        &state,
+        token.as_deref(),
+        parsed.to.as_deref(),
+        |t| t.vonage_signature_secret.as_ref(),
         "Vonage signature",
-    ) {
-        Ok(secret) => secret,
-        Err(response) => return *response,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     if let Some(secret) = secret {
         let authorization = req
