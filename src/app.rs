@@ -145,6 +145,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = open_store(&settings).await?;
         let swept = sweep_orphans(&store, &settings).await?;
+        spawn_registered_expiry(store.clone(), settings.calls.registered_expiry_secs);
         if !swept.is_empty() {
             tracing::warn!(
                 count = swept.len(),
@@ -524,7 +525,36 @@ fn other_stt_providers(settings: &Settings) -> Vec<Arc<dyn SttProvider>> {
     others
 }
 
+/// Registered calls that never started expire (`calls.registered_expiry_secs`): at start-up,
+/// then once a minute. No post-call job and no webhook for a call that never happened.
+async fn expire_registered(store: &Store, expiry_secs: u64) -> Result<usize, StoreError> {
+    if expiry_secs == 0 {
+        return Ok(0);
+    }
+    let before = chrono::Utc::now() - chrono::Duration::seconds(expiry_secs as i64);
+    let n = store.expire_registered_calls(before).await?;
+    if n > 0 {
+        tracing::info!(count = n, "registered calls that never started expired");
+    }
+    Ok(n)
+}
+
+fn spawn_registered_expiry(store: Store, expiry_secs: u64) {
+    if expiry_secs == 0 {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            if let Err(err) = expire_registered(&store, expiry_secs).await {
+                tracing::warn!(error = %err, "cannot expire registered calls");
+            }
+        }
+    });
+}
+
 async fn sweep_orphans(store: &Store, settings: &Settings) -> Result<Vec<uuid::Uuid>, StoreError> {
+    expire_registered(store, settings.calls.registered_expiry_secs).await?;
     let stale = settings.calls.stale_call_after_secs;
     let stale_before =
         (stale > 0).then(|| chrono::Utc::now() - chrono::Duration::seconds(stale as i64));

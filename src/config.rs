@@ -18,6 +18,9 @@ use serde_json::{Map, Value};
 pub const ENV_PREFIX: &str = "CALLENGINE_";
 /// Environment variable naming the config file (read by the CLI, not a setting itself).
 pub const CONFIG_FILE_ENV: &str = "CALLENGINE_CONFIG";
+/// Variables of the `loadgen` command's own flags (`CALLENGINE_LOADGEN_API_TOKEN`…): read by
+/// its argument parser, never settings of the engine.
+pub const LOADGEN_ENV_PREFIX: &str = "CALLENGINE_LOADGEN_";
 
 /// Why configuration could not be loaded. Messages name the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +147,9 @@ pub struct CallSettings {
     pub max_unsent_turns: usize,
     /// SIGTERM/SIGINT: how long to wait for every call to flush before exiting anyway.
     pub drain_timeout_secs: u64,
+    /// A call registered with `POST /api/v1/calls` that sees no media or turn for this long
+    /// becomes `expired` (no post-call job, no webhook). 0 disables.
+    pub registered_expiry_secs: u64,
 }
 
 impl Default for CallSettings {
@@ -158,6 +164,7 @@ impl Default for CallSettings {
             start_timeout_secs: 10,
             max_unsent_turns: 10_000,
             drain_timeout_secs: 25,
+            registered_expiry_secs: 24 * 3600,
         }
     }
 }
@@ -565,7 +572,10 @@ fn apply_env(
     let mut vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(name, _)| {
-            name == "DATABASE_URL" || (name.starts_with(ENV_PREFIX) && name != CONFIG_FILE_ENV)
+            name == "DATABASE_URL"
+                || (name.starts_with(ENV_PREFIX)
+                    && name != CONFIG_FILE_ENV
+                    && !name.starts_with(LOADGEN_ENV_PREFIX))
         })
         .collect();
     // DATABASE_URL first so that CALLENGINE_DATABASE__URL, applied later, wins.
@@ -709,6 +719,8 @@ mod tests {
             "{err}"
         );
 
+        // The load generator's own variables are not engine settings.
+        Settings::load_from(None, env(&[("CALLENGINE_LOADGEN_API_TOKEN", "t0ken")])).unwrap();
         let err = Settings::load_from(None, env(&[("CALLENGINE_BIND", "nowhere")]))
             .unwrap_err()
             .to_string();

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use callengine::store::{
-    CallCompletion, CallStatus, Direction, NewCall, NewTenant, NewTurn, Protocol, RecordingUpdate,
-    Secret, Store, TurnSource, JOB_KIND_POSTCALL,
+    CallCompletion, CallStatus, Direction, NewCall, NewTenant, NewTurn, Protocol, RecordingOutcome,
+    RecordingUpdate, Secret, Store, TurnSource, JOB_KIND_POSTCALL, POSTCALL_PROCESSED,
+    POSTCALL_WAITING,
 };
 use common::voice::TestApp;
 use common::Backend;
@@ -244,7 +245,7 @@ async fn ended_call(store: &Store, tenant_id: Uuid, recording: Option<String>) -
         .append_turns(
             call.id,
             &[NewTurn {
-                seq: 1,
+                key: None,
                 speaker: "contact".into(),
                 speaker_label: None,
                 text: "my heating is broken in denver".into(),
@@ -492,7 +493,123 @@ both_backends!(
     recording_to_signed_webhook,
     bad_recordings_end_dead_and_the_webhook_still_goes,
     racing_workers_do_each_job_once,
+    an_expected_recording_holds_the_webhook_until_it_arrives,
+    a_recording_after_the_webhook_is_sent_as_call_updated,
 );
+
+/// The carrier's recording callback for an ended call (what the Twilio/Vonage routes store).
+async fn recording_arrives(store: &Store, call_id: Uuid, url: String) -> RecordingOutcome {
+    let call = store.get_call(call_id).await.unwrap().unwrap();
+    store
+        .record_recording(&RecordingUpdate {
+            external_id: call.external_id.clone().unwrap(),
+            protocol: Protocol::Twilio,
+            recording_id: format!("RE{}", Uuid::new_v4().simple()),
+            recording_url: Some(url),
+            status: "completed".into(),
+            duration_secs: Some(20),
+            tenant_id: call.tenant_id,
+            phone_number: None,
+        })
+        .await
+        .unwrap()
+}
+
+/// Finding 3, in the real order: the call ends → the webhook is held while the recording is
+/// expected → the recording callback → the offline transcript → one `call.completed` with it.
+async fn an_expected_recording_holds_the_webhook_until_it_arrives(backend: Backend) {
+    let server = Server::start(vec![("/rec/late.wav".into(), speech_wav(SENTENCE))]);
+    let app = app(
+        backend,
+        &[("CALLENGINE_POSTCALL__RECORDING_WAIT_SECS", "120")],
+    )
+    .await;
+    let store = app.store();
+    // The tenant's carrier records every call: its webhooks wait for the recording.
+    let tenant_id = store
+        .insert_tenant(&NewTenant {
+            name: format!("postcall-{}", Uuid::new_v4()),
+            webhook_url: Some(server.url("/hook")),
+            webhook_secret: Some(Secret::new(SECRET)),
+            postcall_config: Some(json!({ "agent_name": "Ava", "expect_recording": true })),
+            ..NewTenant::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let call_id = ended_call(store, tenant_id, None).await;
+    let call = store.get_call(call_id).await.unwrap().unwrap();
+    assert_eq!(call.postcall_status.as_deref(), Some(POSTCALL_WAITING));
+    // Workers poll every 50 ms: two seconds without a webhook means it is being held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        server.hits("/hook").is_empty(),
+        "no webhook before the recording"
+    );
+    assert_eq!(job_status(store, call_id).await.0, "queued");
+    let outcome = recording_arrives(store, call_id, server.url("/rec/late.wav")).await;
+    assert!(outcome.job_enqueued, "the waiting job was woken");
+    wait_for("the webhook", 90, || !server.hits("/hook").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hooks = server.hits("/hook");
+    assert_eq!(hooks.len(), 1, "exactly one webhook");
+    let payload = verify(&hooks[0]);
+    assert_eq!(payload["event_type"], "call.completed");
+    assert_eq!(payload["transcript_source"], "offline");
+    let call = store.get_call(call_id).await.unwrap().unwrap();
+    assert_eq!(
+        payload["transcript"],
+        call.offline_transcript.clone().unwrap()
+    );
+    assert!(call
+        .offline_transcript
+        .unwrap()
+        .to_lowercase()
+        .contains("tuesday"));
+    assert_eq!(call.postcall_status.as_deref(), Some(POSTCALL_PROCESSED));
+    assert!(call.processed_at.is_some());
+    app.stop().await;
+}
+
+/// A recording that comes after `call.completed` went out: the pipeline runs again and sends
+/// `call.updated` (a new event id, the same call id) with the offline transcript.
+async fn a_recording_after_the_webhook_is_sent_as_call_updated(backend: Backend) {
+    let server = Server::start(vec![("/rec/later.wav".into(), speech_wav(SENTENCE))]);
+    let app = app(backend, &[]).await;
+    let store = app.store();
+    let tenant_id = tenant(store, Some(server.url("/hook"))).await;
+    let call_id = ended_call(store, tenant_id, None).await;
+    wait_for("call.completed", 60, || !server.hits("/hook").is_empty()).await;
+    let completed = verify(&server.hits("/hook")[0]);
+    assert_eq!(completed["event_type"], "call.completed");
+    assert_eq!(completed["transcript_source"], "realtime");
+    let outcome = recording_arrives(store, call_id, server.url("/rec/later.wav")).await;
+    assert!(outcome.job_enqueued, "the finished job runs again");
+    wait_for("call.updated", 90, || server.hits("/hook").len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hooks = server.hits("/hook");
+    assert_eq!(
+        hooks.len(),
+        2,
+        "call.completed once, then call.updated once"
+    );
+    let updated = verify(&hooks[1]);
+    assert_eq!(updated["event_type"], "call.updated");
+    assert_eq!(updated["call_id"], call_id.to_string());
+    assert_eq!(updated["transcript_source"], "offline");
+    let id = |r: &Received| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == "webhook-id")
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_ne!(id(&hooks[0]), id(&hooks[1]), "a new event id");
+    let deliveries = store.deliveries_for_call(call_id).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    app.stop().await;
+}
 
 #[actix_web::test]
 async fn receiver_down_then_up_gets_it_once_after_retries_and_dead_can_be_resent() {

@@ -64,9 +64,10 @@ fn new_call(tenant: Uuid) -> NewCall {
     }
 }
 
+/// The `n`th turn of a writer: keyed `k{n}`, so a retry of it is recognised.
 fn turn(seq: i32, text: &str) -> NewTurn {
     NewTurn {
-        seq,
+        key: Some(format!("k{seq}")),
         speaker: "contact".into(),
         speaker_label: None,
         text: text.into(),
@@ -282,21 +283,26 @@ async fn appends_are_idempotent_and_read_back_in_order(backend: Backend) {
         .create_or_link_call(&new_call(Uuid::new_v4()))
         .await
         .unwrap();
-    for seq in [2, 1, 3] {
+    for seq in [1, 2, 3] {
         let outcome = db
             .store
             .append_turn(call.id, &turn(seq, &format!("turn {seq}")))
             .await
             .unwrap();
-        assert_eq!(outcome, AppendOutcome::Inserted);
+        assert_eq!(
+            outcome,
+            AppendOutcome::Inserted { seq },
+            "numbered by the database"
+        );
     }
-    // A retry (even one carrying different text) never duplicates or rewrites a stored turn.
+    // A retry (same key, even one carrying different text) never duplicates or rewrites a
+    // stored turn, and learns the number it got.
     let retry = db
         .store
         .append_turn(call.id, &turn(2, "something else"))
         .await
         .unwrap();
-    assert_eq!(retry, AppendOutcome::AlreadyPresent);
+    assert_eq!(retry, AppendOutcome::AlreadyPresent { seq: 2 });
     let batch = db
         .store
         .append_turns(call.id, &[turn(3, "turn 3"), turn(4, "turn 4")])
@@ -304,7 +310,22 @@ async fn appends_are_idempotent_and_read_back_in_order(backend: Backend) {
         .unwrap();
     assert_eq!(
         batch,
-        vec![AppendOutcome::AlreadyPresent, AppendOutcome::Inserted]
+        vec![
+            AppendOutcome::AlreadyPresent { seq: 3 },
+            AppendOutcome::Inserted { seq: 4 }
+        ]
+    );
+    // The call row's transcript is current after every committed turn, not only at the end.
+    let live = db.store.get_call(call.id).await.unwrap().unwrap();
+    assert_eq!(
+        live.transcript_text.as_deref(),
+        Some("contact: turn 1\ncontact: turn 2\ncontact: turn 3\ncontact: turn 4")
+    );
+    assert_eq!(
+        live.transcript_json
+            .as_ref()
+            .and_then(|j| j.as_array().map(Vec::len)),
+        Some(4)
     );
 
     let stored = db
@@ -351,12 +372,13 @@ async fn concurrent_appends_from_many_tasks_lose_and_duplicate_nothing(backend: 
                 let seq = i * TASKS + task + 1;
                 let dup = i * TASKS + (task + 1) % TASKS + 1;
                 for call in &calls {
-                    if store
-                        .append_turn(*call, &turn(seq, &format!("t{seq}")))
-                        .await
-                        .unwrap()
-                        == AppendOutcome::Inserted
-                    {
+                    if matches!(
+                        store
+                            .append_turn(*call, &turn(seq, &format!("t{seq}")))
+                            .await
+                            .unwrap(),
+                        AppendOutcome::Inserted { .. }
+                    ) {
                         inserted += 1;
                     }
                     store
@@ -381,7 +403,11 @@ async fn concurrent_appends_from_many_tasks_lose_and_duplicate_nothing(backend: 
             (1..=total as i32).collect::<Vec<_>>(),
             "every turn once, in order"
         );
-        assert!(turns.iter().all(|t| t.text == format!("t{}", t.seq)));
+        let mut texts: Vec<String> = turns.iter().map(|t| t.text.clone()).collect();
+        texts.sort();
+        let mut expected: Vec<String> = (1..=total).map(|n| format!("t{n}")).collect();
+        expected.sort();
+        assert_eq!(texts, expected, "every keyed turn stored once");
     }
     // Each turn is inserted once: either by its owner or by the task re-sending it first.
     assert!(inserted_by_owner <= total * calls.len());
@@ -471,7 +497,7 @@ async fn completion_writes_everything_in_one_go_and_only_once(backend: Backend) 
     // After the end: retries of stored turns are acknowledged, new turns are refused.
     assert_eq!(
         db.store.append_turn(call.id, &turn(2, "x")).await.unwrap(),
-        AppendOutcome::AlreadyPresent
+        AppendOutcome::AlreadyPresent { seq: 2 }
     );
     assert!(matches!(
         db.store.append_turn(call.id, &turn(4, "late")).await,
@@ -682,10 +708,16 @@ async fn bad_input_is_refused_with_clear_errors(backend: Backend) {
         .unwrap();
     let err = db
         .store
-        .append_turn(call.id, &turn(0, "x"))
+        .append_turn(
+            call.id,
+            &NewTurn {
+                key: Some(String::new()),
+                ..turn(1, "x")
+            },
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("seq must be >= 1"), "{err}");
+    assert!(err.to_string().contains("turn key must be"), "{err}");
     let err = db
         .store
         .append_turn(

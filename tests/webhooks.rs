@@ -435,15 +435,16 @@ async fn post_call_transcript_completes_the_call_without_duplicates(backend: Bac
             .len(),
         1
     );
-    // Other ElevenLabs events are acknowledged and ignored.
-    let (status, _) = post_json(
+    // Other ElevenLabs events are not stored, so they are never answered 200.
+    let (status, body) = post_json(
         &app,
         TURNS,
         &json!({"type":"post_call_audio","data":{"full_audio":""}}),
         &[],
     )
     .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("is not stored"), "{body}");
     app.stop().await;
 }
 

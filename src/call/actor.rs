@@ -28,11 +28,9 @@ use super::CallDeps;
 use crate::media::{MediaEvent, MediaInput};
 use crate::persist::PersistTurn;
 use crate::persist::{
-    FinishCall, PersistBacklog, Persister, StartCall, StartedCall, TurnsCommitted,
+    CommittedTurn, FinishCall, PersistBacklog, Persister, StartCall, StartedCall, TurnsCommitted,
 };
-use crate::store::{
-    CompletionOutcome, Direction, LinkOutcome, NewCall, NewTurn, Protocol, StoreError,
-};
+use crate::store::{CompletionOutcome, Direction, LinkOutcome, NewCall, Protocol, StoreError};
 use crate::stt::actor::{SttActor, SttAudio, SttFinish, SttGaveUp, SttLinks, SttState, SttStatus};
 use crate::transcript::buffer::{FlushTranscript, PartialUpdate, TranscriptBuffer};
 
@@ -673,13 +671,14 @@ impl CallActor {
 
     /// Tells the client and the event feed that `turn` is durable (only after its commit: a
     /// client's `final` means the turn is stored).
-    fn announce_final(&mut self, turn: &NewTurn) {
+    fn announce_final(&mut self, committed: &CommittedTurn) {
+        let CommittedTurn { seq, turn } = committed;
         if let (true, Some(call_id)) = (self.deps.events.listened(), self.call_id) {
             self.deps.events.publish(LiveEvent::TurnFinal {
                 call_id,
                 tenant_id: self.params.tenant_id,
                 external_id: self.params.external_id.clone(),
-                seq: i64::from(turn.seq),
+                seq: i64::from(*seq),
                 speaker: turn.speaker.clone(),
                 text: turn.text.clone(),
                 start_ms: turn.start_ms,
@@ -688,7 +687,7 @@ impl CallActor {
         }
         self.send_event(json!({
             "type": "final",
-            "seq": turn.seq,
+            "seq": seq,
             "text": turn.text,
             "speaker": turn.speaker,
             "start_ms": turn.start_ms,
@@ -832,7 +831,7 @@ impl Handler<PartialUpdate> for CallActor {
 
     fn handle(&mut self, msg: PartialUpdate, _ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.send_event(json!({ "type": "partial", "seq": msg.seq, "text": msg.text }));
+        self.send_event(json!({ "type": "partial", "speaker": msg.speaker, "text": msg.text }));
     }
 }
 

@@ -1,6 +1,8 @@
 //! `GET /ws/voice/{external_uuid}`: the generic PCM WebSocket.
 //!
-//! Query: `tenant_id`, `campaign_id`, `lead_id` (required UUIDs), `call_id` (optional UUID: link
+//! `external_uuid` is the provider's own id for the call, stored verbatim as the call's
+//! `external_id`: a Vonage UUID, a Twilio CallSid or a SIP Call-ID such as
+//! `a84b4c76e66710@pc33.atlanta.com` — 1 to 255 printable characters, no spaces. Query: `tenant_id`, `campaign_id`, `lead_id` (required UUIDs), `call_id` (optional UUID: link
 //! to that call), `phone_number` (optional). Audio: binary PCM s16le 16 kHz mono, 20 ms frames
 //! (640 bytes) or whole multiples up to 100 ms. Text `{"type":"stop"}` ends the call. Bad
 //! parameters: a JSON `{"type":"error","message":…}` naming the problem, then close 4000, and no
@@ -13,6 +15,26 @@ use crate::store::Protocol;
 
 /// Largest WebSocket message accepted; bigger ones end the call with 1009.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Longest provider call id accepted.
+pub const MAX_EXTERNAL_ID: usize = 255;
+
+/// A provider's call id as given: 1 to 255 printable ASCII characters without spaces (a SIP
+/// Call-ID is `word [ "@" word ]`, a UUID or a CallSid fit too). Kept verbatim, case included.
+pub fn check_external_id(value: &str) -> Result<&str, String> {
+    if value.is_empty() || value.len() > MAX_EXTERNAL_ID {
+        return Err(format!(
+            "external_uuid must be 1 to {MAX_EXTERNAL_ID} characters, got {}",
+            value.len()
+        ));
+    }
+    match value.bytes().position(|b| !b.is_ascii_graphic()) {
+        Some(at) => Err(format!(
+            "external_uuid must be printable characters without spaces (byte {at} is not)"
+        )),
+        None => Ok(value),
+    }
+}
 
 /// Parses and checks the path and query; the error names what is wrong.
 pub fn parse_params(external_uuid: &str, query: &str) -> Result<CallParams, String> {
@@ -31,7 +53,7 @@ pub fn parse_params(external_uuid: &str, query: &str) -> Result<CallParams, Stri
         Some(value) if !value.is_empty() => uuid(name, value),
         _ => Err(format!("missing required query parameter {name}")),
     };
-    let external = uuid("external_uuid", external_uuid)?;
+    let external = check_external_id(external_uuid)?;
     let params = CallParams {
         tenant_id: required("tenant_id")?,
         campaign_id: Some(required("campaign_id")?),
@@ -74,6 +96,16 @@ mod tests {
     }
 
     #[test]
+    fn a_sip_call_id_is_kept_verbatim() {
+        let sip = "a84b4c76e66710@pc33.Atlanta.com";
+        let p = parse_params(sip, &query("")).unwrap();
+        assert_eq!(p.external_id.as_deref(), Some(sip));
+        let upper = "6A1D4A4E-8D1E-4A57-9A53-4F9F5B1D2C3A";
+        let p = parse_params(upper, &query("")).unwrap();
+        assert_eq!(p.external_id.as_deref(), Some(upper), "not lower-cased");
+    }
+
+    #[test]
     fn names_each_bad_parameter() {
         let cases = [
             (
@@ -92,9 +124,14 @@ mod tests {
                 "tenant_id must be a UUID",
             ),
             (
-                "not-a-uuid".to_string(),
+                "a b".to_string(),
                 query(""),
-                "external_uuid must be a UUID",
+                "external_uuid must be printable characters",
+            ),
+            (
+                "x".repeat(256),
+                query(""),
+                "external_uuid must be 1 to 255 characters",
             ),
             (
                 T.to_string(),

@@ -174,7 +174,7 @@ pub const FRAME_RESULTS: &[&str] = &["ok", "invalid", "dropped"];
 /// Values of the `kind` label of `actors`.
 pub const ACTOR_KINDS: &[&str] = &["call", "stt"];
 /// Values of the `outcome` label of `postcall_jobs_total`.
-pub const JOB_OUTCOMES: &[&str] = &["done", "retry", "dead", "not_owned"];
+pub const JOB_OUTCOMES: &[&str] = &["done", "retry", "dead", "waiting", "not_owned"];
 /// Values of the `outcome` label of `webhook_deliveries_total`.
 pub const WEBHOOK_OUTCOMES: &[&str] = &["delivered", "retry", "dead"];
 

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::call::registry::{CallRegistry, PersisterDown, PersisterUp};
 use crate::store::{
-    Call, CallCompletion, CallStatus, CompletionOutcome, LinkOutcome, NewCall, NewTurn, Store,
-    StoreError,
+    AppendOutcome, Call, CallCompletion, CallStatus, CompletionOutcome, LinkOutcome, NewCall,
+    NewTurn, Store, StoreError,
 };
 use crate::stt::supervision::Backoff;
 
@@ -55,11 +55,18 @@ pub struct PersistTurn {
     pub assembled_at: Instant,
 }
 
+/// A turn stored under the number the database gave it.
+#[derive(Debug, Clone)]
+pub struct CommittedTurn {
+    pub seq: i32,
+    pub turn: NewTurn,
+}
+
 /// Turns now committed, in order (sent to the call so it can acknowledge them).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct TurnsCommitted {
-    pub turns: Vec<NewTurn>,
+    pub turns: Vec<CommittedTurn>,
     /// Time from the newest turn's assembly to its commit.
     pub lag: Duration,
     /// Turns still waiting to be written.
@@ -102,9 +109,11 @@ pub struct Persister {
     finish: Option<FinishCall>,
     waiters: Vec<oneshot::Sender<Result<CompletionOutcome, String>>>,
     finished: bool,
-    /// Number of the next turn: turns are numbered here, in the order they reach the
-    /// persister, so a call with several speakers (stereo) gets one gap-free sequence.
-    next_seq: i32,
+    /// This writer's id: with `next_key` it makes each turn's idempotency key, so a retried
+    /// batch (its commit acknowledgement lost) finds its turns instead of storing them twice.
+    /// Numbers are not chosen here: the database allocates them per call, whoever writes.
+    stream: Uuid,
+    next_key: u64,
 }
 
 impl Persister {
@@ -129,7 +138,8 @@ impl Persister {
             finish: None,
             waiters: Vec::new(),
             finished: false,
-            next_seq: 1,
+            stream: Uuid::new_v4(),
+            next_key: 1,
         }
     }
 
@@ -152,7 +162,7 @@ impl Persister {
             ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
                 act.in_flight = false;
                 match result {
-                    Ok(outcomes) => act.committed(outcomes.len(), ctx),
+                    Ok(outcomes) => act.committed(&outcomes, ctx),
                     Err(err) if is_permanent(&err) => act.give_up_batch(&err, ctx),
                     Err(err) => act.retry_later(&err, ctx),
                 }
@@ -183,12 +193,23 @@ impl Persister {
         }
     }
 
-    fn committed(&mut self, count: usize, ctx: &mut Context<Self>) {
+    /// Stamps a turn with this writer's next idempotency key.
+    fn keyed(&mut self, mut turn: NewTurn) -> NewTurn {
+        turn.key = Some(format!("{}:{}", self.stream.simple(), self.next_key));
+        self.next_key += 1;
+        turn
+    }
+
+    fn committed(&mut self, outcomes: &[AppendOutcome], ctx: &mut Context<Self>) {
+        let count = outcomes.len().min(self.queue.len());
         let mut turns = Vec::with_capacity(count);
         let mut newest = None;
-        for (turn, assembled_at) in self.queue.drain(..count.min(self.queue.len())) {
+        for ((turn, assembled_at), outcome) in self.queue.drain(..count).zip(outcomes) {
             newest = Some(assembled_at);
-            turns.push(turn);
+            turns.push(CommittedTurn {
+                seq: outcome.seq(),
+                turn,
+            });
         }
         self.backoff.reset();
         let lag = newest
@@ -333,17 +354,15 @@ impl Handler<PersistTurn> for Persister {
 
     fn handle(&mut self, msg: PersistTurn, ctx: &mut Self::Context) {
         if self.finished {
-            tracing::error!(call_id = ?self.call_id, seq = msg.turn.seq, "turn arrived after the call was completed");
+            tracing::error!(call_id = ?self.call_id, "turn arrived after the call was completed");
             return;
         }
         if self.queue.len() >= self.max_unsent {
             self.dropped_turns += 1;
-            tracing::error!(call_id = ?self.call_id, seq = msg.turn.seq, "unsent-turn limit reached; turn dropped");
+            tracing::error!(call_id = ?self.call_id, "unsent-turn limit reached; turn dropped");
             return;
         }
-        let mut turn = msg.turn;
-        turn.seq = self.next_seq;
-        self.next_seq += 1;
+        let turn = self.keyed(msg.turn);
         self.queue.push_back((turn, msg.assembled_at));
         self.pump(ctx);
     }
@@ -361,10 +380,7 @@ impl Handler<FinishCall> for Persister {
             self.waiters.push(tx);
             if self.finish.is_none() {
                 let mut msg = msg;
-                if let Some(partial) = &mut msg.pending_partial {
-                    partial.seq = self.next_seq;
-                    self.next_seq += 1;
-                }
+                msg.pending_partial = msg.pending_partial.take().map(|p| self.keyed(p));
                 self.finish = Some(msg);
             }
             self.pump(ctx);

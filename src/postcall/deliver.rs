@@ -18,9 +18,20 @@ use crate::store::{Call, Tenant, Turn};
 /// Event type of the one webhook the engine sends per call.
 pub const CALL_COMPLETED: &str = "call.completed";
 
+/// Sent when a call's post-call result changed after its `call.completed` went out (a
+/// recording that arrived later): same payload shape, new event id, same call id.
+pub const CALL_UPDATED: &str = "call.updated";
+
 /// The event id of a call's `call.completed` (one per call, stable).
 pub fn event_id(call_id: uuid::Uuid) -> String {
     format!("evt_{}", call_id.simple())
+}
+
+/// The event id of a `call.updated`: one per recording the call got (stable across retries).
+pub fn update_event_id(call: &Call) -> String {
+    let recording = call.recording_id.as_deref().unwrap_or("none");
+    let digest = crate::crypto::token_hash(recording);
+    format!("evt_{}_upd_{}", call.id.simple(), &digest[..16])
 }
 
 /// The HMAC key of a tenant secret.

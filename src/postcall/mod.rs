@@ -41,6 +41,11 @@ pub struct PostcallSettings {
     pub recording_max_bytes: u64,
     /// Time allowed for a recording download.
     pub recording_timeout_secs: u64,
+    /// How long a call's post-call job (and so its `call.completed`) waits for a carrier
+    /// recording that is expected (`expect_recording` in the tenant's post-call config, or a
+    /// carrier callback announcing one); then it runs with what it has, and a recording that
+    /// comes later is sent as `call.updated`.
+    pub recording_wait_secs: u64,
     /// Beam width of the offline transcription.
     pub offline_beam: usize,
     /// Time a webhook receiver has to answer.
@@ -66,6 +71,7 @@ impl Default for PostcallSettings {
             retry_max_ms: 600_000,
             recording_max_bytes: 200 * 1024 * 1024,
             recording_timeout_secs: 120,
+            recording_wait_secs: 300,
             offline_beam: crate::stt::whisper::engine::DEFAULT_BEAM,
             webhook_timeout_ms: 10_000,
             webhook_retry_secs: "5,300,1800,7200,18000,36000,36000".into(),
@@ -219,6 +225,7 @@ impl Pipeline {
                             "queued" => "retry",
                             "done" => "done",
                             "dead" => "dead",
+                            "waiting" => "waiting",
                             _ => "not_owned",
                         });
                         break;
@@ -263,6 +270,17 @@ impl Pipeline {
             }
             Err(err) => return self.retry(job, err.to_string()),
         };
+        // 0: a carrier recording is on its way: wait for it (its callback wakes the job), up to
+        // `recording_wait_secs` after the call ended; then go on with what there is.
+        if call.recording_expected && call.recording_url.is_none() {
+            let ended = call.ended_at.unwrap_or(call.updated_at);
+            let wait = chrono::Duration::seconds(self.settings.recording_wait_secs as i64);
+            if Utc::now() < ended + wait {
+                return JobResult::Wait {
+                    until: ended + wait,
+                };
+            }
+        }
         let last_attempt = job.attempts >= job.max_attempts;
         let mut failure: Option<String> = None;
 
@@ -384,29 +402,55 @@ impl Pipeline {
 
         // 5: the webhook, built only from the row as saved.
         if let Some(url) = tenant.as_ref().and_then(|t| t.webhook_url.clone()) {
-            let call = match self.store.get_call(call_id).await {
-                Ok(Some(call)) => call,
-                _ => return self.retry(job, "call row unreadable".into()),
-            };
-            let payload = deliver::payload(&call, tenant.as_ref(), &turns, Utc::now());
-            if let Err(err) = self
-                .store
-                .enqueue_delivery(
-                    &deliver::event_id(call_id),
-                    Some(call_id),
-                    deliver::CALL_COMPLETED,
-                    &payload,
-                    &url,
-                )
-                .await
-            {
-                return self.retry(job, err.to_string());
+            if let Err(error) = self.enqueue_webhook(call_id, tenant.as_ref(), &url).await {
+                return self.retry(job, error);
             }
+        }
+        let status = match failure {
+            None => crate::store::POSTCALL_PROCESSED,
+            Some(_) => crate::store::POSTCALL_FAILED,
+        };
+        if let Err(err) = self.store.set_postcall_status(call_id, status).await {
+            return self.retry(job, err.to_string());
         }
         match failure {
             None => JobResult::Done,
             Some(error) => JobResult::Dead { error },
         }
+    }
+
+    /// Queues the call's webhook: `call.completed` the first time; once that went out, a re-run
+    /// (a recording that came after it) queues `call.updated` with an event id of its own.
+    async fn enqueue_webhook(
+        &self,
+        call_id: uuid::Uuid,
+        tenant: Option<&crate::store::Tenant>,
+        url: &str,
+    ) -> Result<(), String> {
+        let store = &self.store;
+        let call = match store.get_call(call_id).await {
+            Ok(Some(call)) => call,
+            _ => return Err("call row unreadable".into()),
+        };
+        let turns = store.list_turns(call_id).await.map_err(|e| e.to_string())?;
+        let completed_id = deliver::event_id(call_id);
+        let mut payload = deliver::payload(&call, tenant, &turns, Utc::now());
+        let completed_sent = store
+            .delivery_exists(&completed_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (event_id, event_type) = match completed_sent {
+            false => (completed_id, deliver::CALL_COMPLETED),
+            true => {
+                payload["event_type"] = deliver::CALL_UPDATED.into();
+                (deliver::update_event_id(&call), deliver::CALL_UPDATED)
+            }
+        };
+        store
+            .enqueue_delivery(&event_id, Some(call_id), event_type, &payload, url)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Downloads (or reuses) the recording and transcribes it with the local engine.

@@ -15,10 +15,19 @@ use super::model::*;
 use super::rows::{convert_all, CallRow, JobRow, TurnRow};
 use super::schema::{call_turns, calls, jobs, tenants};
 use super::sql_types::{DbJson, DbTime, DbUuid};
+use super::turns::{insert_numbered, materialise_transcript, turn_row, validate_turn};
 use super::{with_conn, Store, StoreError};
 
 /// Longest external id, phone number or speaker label accepted.
 const MAX_SHORT_TEXT: usize = 256;
+
+/// Statuses that hold a transport id and take media or turns.
+pub(super) const LIVE_STATUSES: [&str; 2] = ["active", "registered"];
+/// `postcall_status` values.
+pub const POSTCALL_PENDING: &str = "pending";
+pub const POSTCALL_WAITING: &str = "waiting_recording";
+pub const POSTCALL_PROCESSED: &str = "processed";
+pub const POSTCALL_FAILED: &str = "failed";
 
 impl Store {
     /// Creates the call row for a starting media session, or links to the existing one.
@@ -48,6 +57,7 @@ impl Store {
                 return Ok((Call::try_from(row)?, LinkOutcome::Created));
             }
             if let Some(found) = self.find_conflicting_call(new).await? {
+                let found = self.activate_registered(found, new.started_at).await?;
                 return Ok((found, LinkOutcome::Linked));
             }
         }
@@ -83,7 +93,7 @@ impl Store {
                 .filter(calls::tenant_id.eq(DbUuid(new.tenant_id)))
                 .filter(calls::protocol.eq(protocol))
                 .filter(calls::external_id.eq(external_id))
-                .filter(calls::status.eq(CallStatus::Active.as_str()))
+                .filter(calls::status.eq_any(LIVE_STATUSES))
                 .select(CallRow::as_select())
                 .first(conn)
                 .await
@@ -100,77 +110,64 @@ impl Store {
         }
     }
 
-    /// Appends one turn; see [`Store::append_turns`].
-    pub async fn append_turn(
+    /// Media (or a first turn) reached a registered call: it becomes `active`, started now
+    /// (billing runs from the first audio, not from the registration) and owned by this node.
+    /// A call that is not `registered` is returned as it is.
+    pub(super) async fn activate_registered(
         &self,
-        call_id: Uuid,
-        turn: &NewTurn,
-    ) -> Result<AppendOutcome, StoreError> {
-        let outcomes = self
-            .append_turns(call_id, std::slice::from_ref(turn))
-            .await?;
-        outcomes
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::InvalidInput("no outcome for appended turn".into()))
+        call: Call,
+        started_at: DateTime<Utc>,
+    ) -> Result<Call, StoreError> {
+        if call.status != CallStatus::Registered {
+            return Ok(call);
+        }
+        let started = DbTime::from(started_at);
+        let node = &self.options().node_id;
+        let row: Option<CallRow> = with_conn!(self, conn => {
+            diesel::update(calls::table.find(DbUuid(call.id)))
+                .filter(calls::status.eq(CallStatus::Registered.as_str()))
+                .set((
+                    calls::status.eq(CallStatus::Active.as_str()),
+                    calls::started_at.eq(started),
+                    calls::last_activity_at.eq(started),
+                    calls::node_id.eq(node),
+                    calls::updated_at.eq(DbTime::from(Utc::now())),
+                ))
+                .execute(conn)
+                .await?;
+            calls::table.find(DbUuid(call.id)).select(CallRow::as_select()).first(conn).await.optional()?
+        });
+        let call = Call::try_from(row.ok_or(StoreError::CallNotFound(call.id))?)?;
+        if call.status.is_terminal() {
+            return Err(StoreError::CallNotActive {
+                call_id: call.id,
+                status: call.status,
+            });
+        }
+        Ok(call)
     }
 
-    /// Appends turns to an active call in one transaction, in the order given.
-    ///
-    /// Insert-or-ignore on `(call_id, seq)`: a retried write never duplicates a turn and reports
-    /// `AlreadyPresent`. After the call has ended, retries of turns already stored are still
-    /// answered `AlreadyPresent`; new turns are refused with `CallNotActive`.
-    pub async fn append_turns(
+    /// Registered calls that never started and were registered before `before` become
+    /// `expired`: no turns, no post-call job, no webhook. Returns how many.
+    pub async fn expire_registered_calls(
         &self,
-        call_id: Uuid,
-        turns: &[NewTurn],
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
-        turns.iter().try_for_each(validate_turn)?;
+        before: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let now = DbTime::from(Utc::now());
-        let rows: Vec<TurnRow> = turns.iter().map(|t| turn_row(call_id, t, now)).collect();
-        let rows = &rows;
-        with_conn!(self, conn => {
-            conn.transaction(async |conn| {
-                let touched = diesel::update(calls::table.find(DbUuid(call_id)))
-                    .filter(calls::status.eq(CallStatus::Active.as_str()))
-                    .set((calls::last_activity_at.eq(now), calls::updated_at.eq(now)))
-                    .execute(conn)
-                    .await?;
-                if touched == 0 {
-                    let status: Option<String> = calls::table
-                        .find(DbUuid(call_id))
-                        .select(calls::status)
-                        .first(conn)
-                        .await
-                        .optional()?;
-                    let status: CallStatus = status.ok_or(StoreError::CallNotFound(call_id))?.parse()?;
-                    let stored: Vec<i32> = call_turns::table
-                        .filter(call_turns::call_id.eq(DbUuid(call_id)))
-                        .select(call_turns::seq)
-                        .load(conn)
-                        .await?;
-                    return rows
-                        .iter()
-                        .map(|row| match stored.contains(&row.seq) {
-                            true => Ok(AppendOutcome::AlreadyPresent),
-                            false => Err(StoreError::CallNotActive { call_id, status }),
-                        })
-                        .collect();
-                }
-                let mut outcomes = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let inserted = diesel::insert_into(call_turns::table)
-                        .values(row)
-                        .on_conflict((call_turns::call_id, call_turns::seq))
-                        .do_nothing()
-                        .execute(conn)
-                        .await?;
-                    outcomes.push(if inserted == 1 { AppendOutcome::Inserted } else { AppendOutcome::AlreadyPresent });
-                }
-                Ok(outcomes)
-            })
-            .await
-        })
+        let n = with_conn!(self, conn => {
+            diesel::update(calls::table)
+                .filter(calls::status.eq(CallStatus::Registered.as_str()))
+                .filter(calls::created_at.lt(DbTime::from(before)))
+                .set((
+                    calls::status.eq(CallStatus::Expired.as_str()),
+                    calls::end_reason.eq(Some("never_started")),
+                    calls::ended_at.eq(Some(now)),
+                    calls::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?
+        });
+        Ok(n)
     }
 
     /// Ends a call: stores the pending partial, then sets status, end time, duration, exact
@@ -267,6 +264,7 @@ impl Store {
         let partial_row = &partial_row;
         let default_rate = self.options().default_cost_per_second_micros;
         let max_attempts = self.options().postcall_max_attempts;
+        let recording_wait = self.options().recording_wait;
         let outcome: Result<CompletionOutcome, StoreError> = with_conn!(self, conn => {
             conn.transaction(async |conn| {
                 let id = DbUuid(call_id);
@@ -281,12 +279,7 @@ impl Store {
                     return Ok(CompletionOutcome::AlreadyEnded(Call::try_from(row)?));
                 }
                 if let Some(partial) = partial_row {
-                    diesel::insert_into(call_turns::table)
-                        .values(partial)
-                        .on_conflict((call_turns::call_id, call_turns::seq))
-                        .do_nothing()
-                        .execute(conn)
-                        .await?;
+                    insert_numbered!(conn, id, std::slice::from_ref(partial));
                 }
                 let turns: Vec<TurnRow> = call_turns::table
                     .filter(call_turns::call_id.eq(id))
@@ -294,12 +287,21 @@ impl Store {
                     .select(TurnRow::as_select())
                     .load(conn)
                     .await?;
-                let rate: Option<i64> = tenants::table
+                let tenant: Option<(i64, Option<DbJson>)> = tenants::table
                     .find(row.tenant_id)
-                    .select(tenants::cost_per_second_micros)
+                    .select((tenants::cost_per_second_micros, tenants::postcall_config))
                     .first(conn)
                     .await
                     .optional()?;
+                let (rate, config) = tenant.map_or((None, None), |(rate, config)| (Some(rate), config));
+                let expects_recording = row.recording_expected
+                    || config.is_some_and(|c| c.0["expect_recording"] == serde_json::Value::Bool(true));
+                let waiting = expects_recording && recording_url.is_none() && row.recording_url.is_none();
+                let run_at = match waiting {
+                    true => DbTime::from(now.0 + chrono::Duration::from_std(recording_wait).unwrap_or_default()),
+                    false => now,
+                };
+                let postcall_status = if waiting { POSTCALL_WAITING } else { POSTCALL_PENDING };
                 let ended = ended_at.map(DbTime::from).unwrap_or(row.last_activity_at).max(row.started_at);
                 let seconds = billable_seconds(row.started_at.0, ended.0);
                 let cost = seconds
@@ -318,6 +320,7 @@ impl Store {
                         calls::transcript_text.eq(Some(text)),
                         calls::transcript_json.eq(Some(DbJson(transcript))),
                         calls::dtmf.eq(dtmf),
+                        calls::postcall_status.eq(Some(postcall_status)),
                         calls::updated_at.eq(now),
                     ))
                     .execute(conn)
@@ -333,7 +336,7 @@ impl Store {
                         .await?;
                 }
                 diesel::insert_into(jobs::table)
-                    .values(postcall_job(call_id, max_attempts, now))
+                    .values(postcall_job(call_id, max_attempts, now, run_at))
                     .on_conflict(jobs::dedupe_key)
                     .do_nothing()
                     .execute(conn)
@@ -398,19 +401,6 @@ impl Store {
         rows.into_iter().map(Call::try_from).collect()
     }
 
-    /// A call's turns in sequence order.
-    pub async fn list_turns(&self, call_id: Uuid) -> Result<Vec<Turn>, StoreError> {
-        let rows: Vec<TurnRow> = with_conn!(self, conn => {
-            call_turns::table
-                .filter(call_turns::call_id.eq(DbUuid(call_id)))
-                .order(call_turns::seq.asc())
-                .select(TurnRow::as_select())
-                .load(conn)
-                .await?
-        });
-        convert_all(rows)
-    }
-
     /// A call with its turns, or `None` when there is no such call.
     pub async fn get_call_with_turns(
         &self,
@@ -450,7 +440,13 @@ pub(super) fn new_call_row(new: &NewCall, node_id: &str) -> CallRow {
         external_id: new.external_id.clone(),
         protocol: new.protocol.as_str().into(),
         direction: new.direction.as_str().into(),
-        status: CallStatus::Active.as_str().into(),
+        // Registered through the API: waiting for its media or first turn.
+        status: match new.protocol {
+            Protocol::Api => CallStatus::Registered,
+            _ => CallStatus::Active,
+        }
+        .as_str()
+        .into(),
         started_at: started,
         ended_at: None,
         last_activity_at: started,
@@ -471,6 +467,9 @@ pub(super) fn new_call_row(new: &NewCall, node_id: &str) -> CallRow {
         media_metadata: new.media_metadata.clone().map(DbJson),
         recording_status: None,
         postcall_error: None,
+        postcall_status: None,
+        processed_at: None,
+        recording_expected: false,
     }
 }
 
@@ -482,7 +481,7 @@ struct EndDetails<'a> {
     recording_url: Option<&'a str>,
 }
 
-fn postcall_job(call_id: Uuid, max_attempts: i32, now: DbTime) -> JobRow {
+fn postcall_job(call_id: Uuid, max_attempts: i32, now: DbTime, run_at: DbTime) -> JobRow {
     JobRow {
         id: DbUuid(Uuid::new_v4()),
         kind: JOB_KIND_POSTCALL.into(),
@@ -492,30 +491,13 @@ fn postcall_job(call_id: Uuid, max_attempts: i32, now: DbTime) -> JobRow {
         status: JOB_STATUS_QUEUED.into(),
         attempts: 0,
         max_attempts,
-        run_at: now,
+        run_at,
         locked_by: None,
         locked_at: None,
         lease_expires_at: None,
         last_error: None,
         created_at: now,
         updated_at: now,
-    }
-}
-
-fn turn_row(call_id: Uuid, turn: &NewTurn, now: DbTime) -> TurnRow {
-    TurnRow {
-        id: DbUuid(Uuid::new_v4()),
-        call_id: DbUuid(call_id),
-        seq: turn.seq,
-        speaker: turn.speaker.clone(),
-        speaker_label: turn.speaker_label.clone(),
-        text: turn.text.clone(),
-        is_final: turn.is_final,
-        start_ms: turn.start_ms,
-        end_ms: turn.end_ms,
-        confidence: turn.confidence,
-        source: turn.source.as_str().into(),
-        created_at: now,
     }
 }
 
@@ -530,50 +512,10 @@ fn validate_new_call(new: &NewCall) -> Result<(), StoreError> {
     too_long("phone_number", &new.phone_number)
 }
 
-fn validate_turn(turn: &NewTurn) -> Result<(), StoreError> {
-    if turn.seq < 1 {
-        return Err(StoreError::InvalidInput(format!(
-            "turn seq must be >= 1, got {}",
-            turn.seq
-        )));
-    }
-    if turn.speaker.is_empty() || turn.speaker.len() > MAX_SHORT_TEXT {
-        return Err(StoreError::InvalidInput(
-            "turn speaker must be 1 to 256 bytes".into(),
-        ));
-    }
-    if matches!(turn.confidence, Some(c) if !c.is_finite()) {
-        return Err(StoreError::InvalidInput(
-            "turn confidence must be finite".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Whole seconds billed for a call: any started second counts, never negative.
 pub fn billable_seconds(started: DateTime<Utc>, ended: DateTime<Utc>) -> i64 {
     let millis = (ended - started).num_milliseconds().max(0);
     (millis + 999) / 1000
-}
-
-/// The transcript stored on the call row: `speaker: text` lines, and the same turns as JSON.
-pub fn materialise_transcript(turns: &[Turn]) -> (String, serde_json::Value) {
-    let text = turns
-        .iter()
-        .map(|t| format!("{}: {}", t.speaker, t.text))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let json = turns
-        .iter()
-        .map(|t| {
-            json!({
-                "seq": t.seq, "speaker": t.speaker, "text": t.text, "is_final": t.is_final,
-                "start_ms": t.start_ms, "end_ms": t.end_ms, "confidence": t.confidence,
-                "source": t.source,
-            })
-        })
-        .collect();
-    (text, serde_json::Value::Array(json))
 }
 
 #[cfg(test)]
@@ -597,28 +539,5 @@ mod tests {
             62
         );
         assert_eq!(billable_seconds(t0 + chrono::Duration::seconds(5), t0), 0);
-    }
-
-    #[test]
-    fn transcript_lists_turns_in_given_order() {
-        let turn = |seq, speaker: &str, text: &str| Turn {
-            id: Uuid::nil(),
-            call_id: Uuid::nil(),
-            seq,
-            speaker: speaker.into(),
-            speaker_label: None,
-            text: text.into(),
-            is_final: seq == 1,
-            start_ms: None,
-            end_ms: None,
-            confidence: None,
-            source: TurnSource::Realtime,
-            created_at: DateTime::UNIX_EPOCH,
-        };
-        let (text, json) =
-            materialise_transcript(&[turn(1, "agent", "hello"), turn(2, "contact", "hi the")]);
-        assert_eq!(text, "agent: hello\ncontact: hi the");
-        assert_eq!(json[1]["is_final"], false);
-        assert_eq!(json[1]["source"], "realtime");
     }
 }

@@ -115,6 +115,11 @@ pub enum JobResult {
     Dead {
         error: String,
     },
+    /// Not a failure: run again at `until` (waiting for a carrier recording); the attempt is
+    /// given back.
+    Wait {
+        until: DateTime<Utc>,
+    },
 }
 
 impl Store {
@@ -312,6 +317,7 @@ impl Store {
             jobs::updated_at.eq(stamp),
         );
         let (status, error, retry_at) = match result {
+            JobResult::Wait { until } => return self.park_job(job_id, worker, *until).await,
             JobResult::Done => (JOB_STATUS_DONE, None, None),
             JobResult::Dead { error } => (JOB_STATUS_DEAD, Some(error.clone()), None),
             JobResult::Retry { error, at } => (JOB_STATUS_QUEUED, Some(error.clone()), Some(*at)),
@@ -356,6 +362,82 @@ impl Store {
         } else {
             "not_owned".into()
         })
+    }
+
+    /// A claimed job that waits (for a recording) goes back to the queue until `until`, its
+    /// attempt given back.
+    async fn park_job(
+        &self,
+        job_id: Uuid,
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        let stamp = DbTime::from(Utc::now());
+        let owned = jobs::id
+            .eq(DbUuid(job_id))
+            .and(jobs::locked_by.eq(worker.to_string()))
+            .and(jobs::status.eq(JOB_STATUS_RUNNING));
+        // A recording that arrived while the job ran (its callback found no queued job to
+        // wake) makes the job due at once instead.
+        use super::schema::calls;
+        let recording_arrived = diesel::dsl::exists(
+            calls::table
+                .filter(calls::id.nullable().eq(jobs::call_id))
+                .filter(calls::recording_url.is_not_null()),
+        );
+        use diesel::IntoSql;
+        let run_at = diesel::dsl::case_when(
+            recording_arrived,
+            stamp.into_sql::<super::sql_types::Timestamptz>(),
+        )
+        .otherwise(DbTime::from(until).into_sql::<super::sql_types::Timestamptz>());
+        let n = with_conn!(self, conn => {
+            diesel::update(jobs::table)
+                .filter(owned.clone())
+                .set((
+                    jobs::status.eq(JOB_STATUS_QUEUED),
+                    jobs::run_at.eq(run_at),
+                    jobs::attempts.eq(jobs::attempts - 1),
+                    jobs::last_error.eq(None::<String>),
+                    jobs::locked_by.eq(None::<String>),
+                    jobs::lease_expires_at.eq(None::<DbTime>),
+                    jobs::updated_at.eq(stamp),
+                ))
+                .execute(conn)
+                .await?
+        });
+        Ok(if n == 1 { "waiting" } else { "not_owned" }.into())
+    }
+
+    /// Records the post-call pipeline's end on the call: `processed` (with the time) or
+    /// `failed`, or `waiting_recording` while it waits.
+    pub async fn set_postcall_status(&self, call_id: Uuid, status: &str) -> Result<(), StoreError> {
+        use super::schema::calls;
+        let stamp = DbTime::from(Utc::now());
+        let processed = (status == super::POSTCALL_PROCESSED).then_some(stamp);
+        with_conn!(self, conn => {
+            diesel::update(calls::table.find(DbUuid(call_id)))
+                .set((
+                    calls::postcall_status.eq(Some(status)),
+                    calls::processed_at.eq(processed),
+                    calls::updated_at.eq(stamp),
+                ))
+                .execute(conn)
+                .await?
+        });
+        Ok(())
+    }
+
+    /// Whether a webhook with this event id was ever queued.
+    pub async fn delivery_exists(&self, event_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = with_conn!(self, conn => {
+            webhook_deliveries::table
+                .filter(webhook_deliveries::event_id.eq(event_id))
+                .count()
+                .get_result(conn)
+                .await?
+        });
+        Ok(n > 0)
     }
 
     /// Jobs by status (for the API and tests).
@@ -572,6 +654,7 @@ impl Store {
                             confidence: None,
                             source: super::model::TurnSource::Offline.as_str().into(),
                             created_at: stamp,
+                            turn_key: None,
                         };
                         diesel::insert_into(super::schema::call_turns::table)
                             .values(&row)

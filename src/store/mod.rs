@@ -12,12 +12,15 @@ mod rows;
 pub mod schema;
 pub mod sql_types;
 mod tenants;
+mod turns;
 mod webhooks;
 
+pub use calls::{POSTCALL_FAILED, POSTCALL_PENDING, POSTCALL_PROCESSED, POSTCALL_WAITING};
 pub use jobs::{
     Delivery, JobResult, PostcallUpdate, DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING,
     JOB_STATUS_RUNNING,
 };
+pub use turns::materialise_transcript;
 pub use webhooks::{
     RecordingOutcome, RecordingUpdate, StoredWebhookTurn, WebhookTurn, WEBHOOK_NODE,
 };
@@ -230,6 +233,8 @@ pub struct StoreOptions {
     pub default_cost_per_second_micros: i64,
     /// Attempts a post-call job gets.
     pub postcall_max_attempts: i32,
+    /// How long a call's post-call job waits for a carrier recording that is expected.
+    pub recording_wait: Duration,
     /// Written on every call this store creates.
     pub node_id: String,
     /// Seals tenant secrets written and opens those read. `None`: tenants with secrets can
@@ -248,6 +253,7 @@ impl StoreOptions {
             busy_timeout: Duration::from_millis(db.busy_timeout_ms),
             default_cost_per_second_micros: settings.calls.default_cost_per_second_micros,
             postcall_max_attempts: settings.calls.postcall_max_attempts,
+            recording_wait: Duration::from_secs(settings.postcall.recording_wait_secs),
             node_id: settings.node_id.clone(),
             node_key: None,
         }

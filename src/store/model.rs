@@ -56,7 +56,10 @@ pub struct UnknownValue {
 text_enum! {
     /// Where a call is in its life.
     CallStatus {
-        /// Media is flowing (or the call is registered and live).
+        /// Registered through the API; no media or turn yet. Never swept as interrupted;
+        /// expires after `calls.registered_expiry_secs`.
+        Registered => "registered",
+        /// Media is flowing (or turns are being posted).
         Active => "active",
         /// Ended normally; transcript materialised.
         Completed => "completed",
@@ -64,13 +67,15 @@ text_enum! {
         Failed => "failed",
         /// Left `active` by a node that died; closed by the start-up sweep.
         Interrupted => "interrupted",
+        /// Registered but never started within `calls.registered_expiry_secs`; no webhook.
+        Expired => "expired",
     }
 }
 
 impl CallStatus {
     /// True once the call can no longer change state.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Active)
+        !matches!(self, Self::Active | Self::Registered)
     }
 }
 
@@ -178,6 +183,13 @@ pub struct Call {
     pub recording_status: Option<String>,
     /// Why a post-call step gave up (the webhook still goes out, with this noted).
     pub postcall_error: Option<String>,
+    /// Post-call progress: `pending`, `waiting_recording`, `processed` or `failed` (`None` while
+    /// the call is live).
+    pub postcall_status: Option<String>,
+    /// When the post-call pipeline last finished for this call.
+    pub processed_at: Option<DateTime<Utc>>,
+    /// A carrier recording is on its way; the post-call job waits for it.
+    pub recording_expected: bool,
 }
 
 /// Whether `create_or_link_call` made a new row or found the live one.
@@ -189,11 +201,12 @@ pub enum LinkOutcome {
     Linked,
 }
 
-/// One turn to append.
+/// One turn to append. Its number (`seq`) is allocated by the database when it is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTurn {
-    /// Per-call sequence number, starting at 1.
-    pub seq: i32,
+    /// Idempotency key, unique within the call: a retried write with the same key finds the
+    /// stored turn instead of adding a second one. `None`: every append inserts.
+    pub key: Option<String>,
     /// Role: `agent`, `contact`, `caller`, `callee`…
     pub speaker: String,
     /// The label the source used, when it differs from the role.
@@ -224,13 +237,23 @@ pub struct Turn {
     pub created_at: DateTime<Utc>,
 }
 
-/// Whether an append wrote a row or found the same `(call_id, seq)` already stored.
+/// Whether an append wrote a row or found a turn with the same key already stored, and the
+/// turn's number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
-    /// The turn was written.
-    Inserted,
-    /// A turn with this sequence number was already stored (a retry); nothing changed.
-    AlreadyPresent,
+    /// The turn was written with this number.
+    Inserted { seq: i32 },
+    /// A turn with this key was already stored (a retry) under this number; nothing changed.
+    AlreadyPresent { seq: i32 },
+}
+
+impl AppendOutcome {
+    /// The stored turn's number.
+    pub fn seq(self) -> i32 {
+        match self {
+            Self::Inserted { seq } | Self::AlreadyPresent { seq } => seq,
+        }
+    }
 }
 
 /// How a call ended, for `complete_call`.

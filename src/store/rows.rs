@@ -39,6 +39,9 @@ pub(super) struct CallRow {
     pub media_metadata: Option<DbJson>,
     pub recording_status: Option<String>,
     pub postcall_error: Option<String>,
+    pub postcall_status: Option<String>,
+    pub processed_at: Option<DbTime>,
+    pub recording_expected: bool,
 }
 
 impl TryFrom<CallRow> for Call {
@@ -75,6 +78,9 @@ impl TryFrom<CallRow> for Call {
             media_metadata: row.media_metadata.map(|j| j.0),
             recording_status: row.recording_status,
             postcall_error: row.postcall_error,
+            postcall_status: row.postcall_status,
+            processed_at: row.processed_at.map(|t| t.0),
+            recording_expected: row.recording_expected,
         })
     }
 }
@@ -94,6 +100,7 @@ pub(super) struct TurnRow {
     pub confidence: Option<f64>,
     pub source: String,
     pub created_at: DbTime,
+    pub turn_key: Option<String>,
 }
 
 impl TryFrom<TurnRow> for Turn {

@@ -16,6 +16,7 @@ diesel::table! {
         confidence -> Nullable<Float8>,
         source -> Text,
         created_at -> Timestamptz,
+        turn_key -> Nullable<Text>,
     }
 }
 
@@ -52,6 +53,9 @@ diesel::table! {
         media_metadata -> Nullable<Jsonb>,
         recording_status -> Nullable<Text>,
         postcall_error -> Nullable<Text>,
+        postcall_status -> Nullable<Text>,
+        processed_at -> Nullable<Timestamptz>,
+        recording_expected -> Bool,
     }
 }
 

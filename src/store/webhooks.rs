@@ -7,14 +7,15 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::calls::new_call_row;
+use super::calls::{new_call_row, LIVE_STATUSES};
 use super::model::{
-    CallStatus, Direction, NewCall, Protocol, TurnSource, JOB_KIND_POSTCALL, JOB_STATUS_DEAD,
-    JOB_STATUS_DONE, JOB_STATUS_QUEUED,
+    AppendOutcome, CallStatus, Direction, NewCall, Protocol, Turn, TurnSource, JOB_KIND_POSTCALL,
+    JOB_STATUS_DEAD, JOB_STATUS_DONE, JOB_STATUS_QUEUED,
 };
-use super::rows::{CallRow, JobRow, TurnRow};
+use super::rows::{convert_all, CallRow, JobRow, TurnRow};
 use super::schema::{call_turns, calls, jobs, tenant_phone_numbers};
 use super::sql_types::{DbJson, DbTime, DbUuid};
+use super::turns::{insert_numbered, materialise_transcript, refresh_transcript};
 use super::{with_conn, Store, StoreError};
 
 /// One dialogue turn a platform posted.
@@ -71,6 +72,18 @@ pub struct RecordingOutcome {
     pub call_created: bool,
     /// The post-call job was queued (or re-queued) by this callback.
     pub job_enqueued: bool,
+}
+
+/// A posted turn's idempotency key: the platform's retry of the same post (same speaker
+/// label, time and words) finds the stored turn; a different post is a new turn.
+fn webhook_turn_key(turn: &WebhookTurn) -> String {
+    let identity = format!(
+        "{}\u{0}{}\u{0}{}",
+        turn.speaker_label,
+        turn.at.timestamp_micros(),
+        turn.text
+    );
+    format!("webhook:{}", crate::crypto::token_hash(&identity))
 }
 
 /// `node_id` of calls created by webhooks.
@@ -162,42 +175,17 @@ impl Store {
         Err(last.unwrap_or_else(|| StoreError::InvalidInput("no attempt made".into())))
     }
 
-    async fn live_call_for(&self, turn: &WebhookTurn) -> Result<(CallRow, bool), StoreError> {
-        let find = || async {
-            let row: Option<CallRow> = with_conn!(self, conn => {
-                calls::table
-                    .filter(calls::tenant_id.eq(DbUuid(turn.tenant_id)))
-                    .filter(calls::external_id.eq(&turn.conversation_id))
-                    .filter(calls::status.eq(CallStatus::Active.as_str()))
-                    .order(calls::started_at.asc())
-                    .select(CallRow::as_select())
-                    .first(conn)
-                    .await
-                    .optional()?
-            });
-            Ok::<_, StoreError>(row)
-        };
-        if let Some(row) = find().await? {
-            return Ok((row, false));
-        }
-        // A conversation whose call has ended takes no more turns (no second call for it).
-        let ended: Option<(DbUuid, String)> = with_conn!(self, conn => {
-            calls::table
-                .filter(calls::tenant_id.eq(DbUuid(turn.tenant_id)))
-                .filter(calls::external_id.eq(&turn.conversation_id))
-                .filter(calls::protocol.eq(turn.protocol.as_str()))
-                .filter(calls::status.ne(CallStatus::Active.as_str()))
-                .select((calls::id, calls::status))
-                .first(conn)
-                .await
-                .optional()?
-        });
-        if let Some((id, status)) = ended {
-            return Err(StoreError::CallNotActive {
-                call_id: id.0,
-                status: status.parse()?,
-            });
-        }
+    /// One transaction: find (or link, or create) the conversation's call, then store the turn
+    /// with the call's next number. It starts with a write to the live call, which takes
+    /// SQLite's write lock and PostgreSQL's row lock up front; two posts racing to create the
+    /// same call meet the live-call unique index, and the loser is retried.
+    async fn try_append_webhook_turn(
+        &self,
+        turn: &WebhookTurn,
+    ) -> Result<StoredWebhookTurn, StoreError> {
+        let now = DbTime::from(Utc::now());
+        let tenant = DbUuid(turn.tenant_id);
+        let conversation = turn.conversation_id.as_str();
         let new = NewCall {
             id: None,
             tenant_id: turn.tenant_id,
@@ -212,76 +200,65 @@ impl Store {
         };
         // Not this node's media: a restart's sweep of this node's live calls must not end a
         // conversation the platform is still posting (the stale-call sweep still applies).
-        let row = new_call_row(&new, WEBHOOK_NODE);
-        let inserted = with_conn!(self, conn => {
-            diesel::insert_into(calls::table)
-                .values(&row)
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?
-        });
-        if inserted == 1 {
-            return Ok((row, true));
-        }
-        // Another request created it first.
-        find()
-            .await?
-            .map(|row| (row, false))
-            .ok_or_else(|| StoreError::InvalidInput("the conversation's call vanished".into()))
-    }
-
-    async fn try_append_webhook_turn(
-        &self,
-        turn: &WebhookTurn,
-    ) -> Result<StoredWebhookTurn, StoreError> {
-        let (call, call_created) = self.live_call_for(turn).await?;
-        let call_id = call.id;
-        let start_ms = (turn.at - call.started_at.0).num_milliseconds();
-        let now = DbTime::from(Utc::now());
-        let has_contact = call.lead_id.is_some();
-        let at = DbTime::from(turn.at.max(call.last_activity_at.0));
+        let fresh = new_call_row(&new, WEBHOOK_NODE);
+        let fresh = &fresh;
+        let key = webhook_turn_key(turn);
+        let key = key.as_str();
+        let at = DbTime::from(turn.at);
         with_conn!(self, conn => {
             conn.transaction(async |conn| {
-                // Lock the call row first: concurrent turns of one conversation queue here.
-                let touched = diesel::update(calls::table.find(call_id))
-                    .filter(calls::status.eq(CallStatus::Active.as_str()))
-                    .set((calls::last_activity_at.eq(at), calls::updated_at.eq(now)))
+                let touched = diesel::update(calls::table)
+                    .filter(calls::tenant_id.eq(tenant))
+                    .filter(calls::external_id.eq(conversation))
+                    .filter(calls::status.eq_any(LIVE_STATUSES))
+                    .set(calls::updated_at.eq(now))
                     .execute(conn)
                     .await?;
-                if touched == 0 {
-                    return Err(StoreError::CallNotActive {
-                        call_id: call_id.0,
-                        status: CallStatus::Completed,
-                    });
-                }
-                let existing: Option<(DbUuid, i32)> = call_turns::table
-                    .filter(call_turns::call_id.eq(call_id))
-                    .filter(call_turns::speaker_label.eq(&turn.speaker_label))
-                    .filter(call_turns::text.eq(&turn.text))
-                    .filter(call_turns::start_ms.eq(start_ms))
-                    .select((call_turns::id, call_turns::seq))
-                    .first(conn)
-                    .await
-                    .optional()?;
-                if let Some((id, seq)) = existing {
-                    return Ok(StoredWebhookTurn {
-                        turn_id: id.0,
-                        call_id: call_id.0,
-                        seq,
-                        created: false,
-                        call_created,
-                        has_contact,
-                    });
-                }
-                let last: Option<i32> = call_turns::table
-                    .filter(call_turns::call_id.eq(call_id))
-                    .select(diesel::dsl::max(call_turns::seq))
-                    .first(conn)
-                    .await?;
+                let (call, call_created) = if touched > 0 {
+                    let live: CallRow = calls::table
+                        .filter(calls::tenant_id.eq(tenant))
+                        .filter(calls::external_id.eq(conversation))
+                        .filter(calls::status.eq_any(LIVE_STATUSES))
+                        .order(calls::started_at.asc())
+                        .select(CallRow::as_select())
+                        .first(conn)
+                        .await?;
+                    // A registered call starts with its first turn.
+                    let (started, status) = match live.status == CallStatus::Registered.as_str() {
+                        true => (at, CallStatus::Active.as_str()),
+                        false => (live.started_at, live.status.as_str()),
+                    };
+                    let last_activity = at.max(live.last_activity_at).max(started);
+                    diesel::update(calls::table.find(live.id))
+                        .set((
+                            calls::status.eq(status),
+                            calls::started_at.eq(started),
+                            calls::last_activity_at.eq(last_activity),
+                        ))
+                        .execute(conn)
+                        .await?;
+                    (CallRow { started_at: started, ..live }, false)
+                } else {
+                    // A conversation whose call has ended takes no more turns (no second call).
+                    let ended: Option<(DbUuid, String)> = calls::table
+                        .filter(calls::tenant_id.eq(tenant))
+                        .filter(calls::external_id.eq(conversation))
+                        .filter(calls::protocol.eq(turn.protocol.as_str()))
+                        .select((calls::id, calls::status))
+                        .first(conn)
+                        .await
+                        .optional()?;
+                    if let Some((id, status)) = ended {
+                        return Err(StoreError::CallNotActive { call_id: id.0, status: status.parse()? });
+                    }
+                    diesel::insert_into(calls::table).values(fresh).execute(conn).await?;
+                    (fresh.clone(), true)
+                };
+                let start_ms = (turn.at - call.started_at.0).num_milliseconds().max(0);
                 let row = TurnRow {
                     id: DbUuid(Uuid::new_v4()),
-                    call_id,
-                    seq: last.unwrap_or(0) + 1,
+                    call_id: call.id,
+                    seq: 0,
                     speaker: turn.speaker.clone(),
                     speaker_label: Some(turn.speaker_label.clone()),
                     text: turn.text.clone(),
@@ -291,18 +268,26 @@ impl Store {
                     confidence: None,
                     source: TurnSource::Webhook.as_str().into(),
                     created_at: now,
+                    turn_key: Some(key.to_string()),
                 };
-                diesel::insert_into(call_turns::table)
-                    .values(&row)
-                    .execute(conn)
+                let outcome = insert_numbered!(conn, call.id, std::slice::from_ref(&row))[0];
+                let created = matches!(outcome, AppendOutcome::Inserted { .. });
+                if created {
+                    refresh_transcript!(conn, call.id, now);
+                }
+                let turn_id: DbUuid = call_turns::table
+                    .filter(call_turns::call_id.eq(call.id))
+                    .filter(call_turns::seq.eq(outcome.seq()))
+                    .select(call_turns::id)
+                    .first(conn)
                     .await?;
                 Ok(StoredWebhookTurn {
-                    turn_id: row.id.0,
-                    call_id: call_id.0,
-                    seq: row.seq,
-                    created: true,
+                    turn_id: turn_id.0,
+                    call_id: call.id.0,
+                    seq: outcome.seq(),
+                    created,
                     call_created,
-                    has_contact,
+                    has_contact: call.lead_id.is_some(),
                 })
             })
             .await
@@ -383,9 +368,20 @@ impl Store {
                         .execute(conn)
                         .await?;
                 }
-                let ended = before.status != CallStatus::Active.as_str();
-                if update.status != "completed" || !ended {
+                let ended = !LIVE_STATUSES.contains(&before.status.as_str());
+                if update.status != "completed" {
+                    // The carrier announced a recording still being made: the post-call job
+                    // (and its webhook) waits for it.
+                    if matches!(update.status.as_str(), "in-progress" | "in_progress" | "processing" | "started" | "recording") {
+                        diesel::update(calls::table.find(id))
+                            .set(calls::recording_expected.eq(true))
+                            .execute(conn)
+                            .await?;
+                    }
                     return Ok::<bool, StoreError>(false);
+                }
+                if !ended {
+                    return Ok(false);
                 }
                 let key = format!("{JOB_KIND_POSTCALL}:{call_id}");
                 let job = JobRow {
@@ -414,8 +410,16 @@ impl Store {
                 if inserted == 1 {
                     return Ok(true);
                 }
-                if !new_recording {
-                    return Ok(false);
+                // A job waiting for this recording runs now.
+                let woken = diesel::update(jobs::table)
+                    .filter(jobs::dedupe_key.eq(&key))
+                    .filter(jobs::status.eq(JOB_STATUS_QUEUED))
+                    .filter(jobs::run_at.gt(stamp))
+                    .set((jobs::run_at.eq(stamp), jobs::updated_at.eq(stamp)))
+                    .execute(conn)
+                    .await?;
+                if woken == 1 || !new_recording {
+                    return Ok(woken == 1);
                 }
                 // A finished job runs again for the recording it did not have.
                 let requeued = diesel::update(jobs::table)

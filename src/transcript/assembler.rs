@@ -1,9 +1,13 @@
 //! The turn assembler: provider events in, numbered turns out. Pure; time is passed in.
 //!
 //! - A partial replaces the current partial (partials are cumulative; never concatenated).
-//! - A final becomes turn `seq` (1, 2, 3… per call) and clears the partial.
-//! - A final repeating the previous final (same words), or ending no later than the previous
-//!   final (audio replayed after an STT reconnect), is dropped.
+//! - A final becomes a turn and clears the partial. Turns are numbered by the database when
+//!   they are stored (one sequence per call, whoever writes), not here.
+//! - Replays are recognised by time, never by words alone: a final whose audio ends no later
+//!   than the previous final's (audio replayed after an STT reconnect) is dropped, and so is a
+//!   final that starts inside the previous final's audio with the same words (the provider's
+//!   final for a partial that was already promoted). The same words later are a new turn: a
+//!   caller may answer "Yes." twice.
 //! - A partial that sees no final within `promote_after` is promoted to a turn; so is the
 //!   pending partial when the provider signals end of turn.
 //! - At the end of the call the pending partial is handed out as a non-final turn.
@@ -16,8 +20,8 @@ use crate::stt::SttEvent;
 /// What the assembler tells the call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AssemblerOutput {
-    /// The current partial changed; `seq` is the number the turn will get.
-    Partial { seq: i32, text: String },
+    /// The current partial of `speaker`'s turn changed.
+    Partial { speaker: String, text: String },
     /// A turn is final and must be persisted.
     Final(NewTurn),
 }
@@ -35,14 +39,13 @@ struct PendingPartial {
 pub struct TurnAssembler {
     speaker: String,
     promote_after: Option<Duration>,
-    next_seq: i32,
     partial: Option<PendingPartial>,
     last_final_words: Option<String>,
     last_final_end_ms: Option<i64>,
 }
 
 impl TurnAssembler {
-    /// An assembler for `speaker`'s turns, numbering from 1.
+    /// An assembler for `speaker`'s turns.
     pub fn new(speaker: impl Into<String>, promote_after: Duration) -> Self {
         Self::with_promotion(speaker, Some(promote_after))
     }
@@ -53,16 +56,10 @@ impl TurnAssembler {
         Self {
             speaker: speaker.into(),
             promote_after,
-            next_seq: 1,
             partial: None,
             last_final_words: None,
             last_final_end_ms: None,
         }
-    }
-
-    /// The sequence number the next turn will get.
-    pub fn next_seq(&self) -> i32 {
-        self.next_seq
     }
 
     /// Feeds one provider event.
@@ -101,9 +98,7 @@ impl TurnAssembler {
     /// Takes the pending partial as a non-final turn (for the final flush).
     pub fn take_pending(&mut self) -> Option<NewTurn> {
         let partial = self.partial.take()?;
-        let turn = self.turn(partial.text, partial.start_ms, partial.end_ms, None, false);
-        self.next_seq += 1;
-        Some(turn)
+        Some(self.turn(partial.text, partial.start_ms, partial.end_ms, None, false))
     }
 
     fn on_partial(
@@ -128,7 +123,7 @@ impl TurnAssembler {
             updated: now,
         });
         Some(AssemblerOutput::Partial {
-            seq: self.next_seq,
+            speaker: self.speaker.clone(),
             text,
         })
     }
@@ -145,19 +140,20 @@ impl TurnAssembler {
             return None;
         }
         self.partial = None;
-        let replayed =
-            matches!((end_ms, self.last_final_end_ms), (Some(end), Some(last)) if end <= last);
+        let last_end = self.last_final_end_ms;
+        let replayed = matches!((end_ms, last_end), (Some(end), Some(last)) if end <= last);
         let words = normalise(&text);
-        if replayed || self.last_final_words.as_deref() == Some(words.as_str()) {
+        let overlaps = matches!((start_ms, last_end), (Some(start), Some(last)) if start < last);
+        if replayed || (overlaps && self.last_final_words.as_deref() == Some(words.as_str())) {
             return None;
         }
         self.last_final_words = Some(words);
         if end_ms.is_some() {
             self.last_final_end_ms = end_ms;
         }
-        let turn = self.turn(text, start_ms, end_ms, confidence, true);
-        self.next_seq += 1;
-        Some(AssemblerOutput::Final(turn))
+        Some(AssemblerOutput::Final(
+            self.turn(text, start_ms, end_ms, confidence, true),
+        ))
     }
 
     fn promote(&mut self) -> Option<AssemblerOutput> {
@@ -174,7 +170,7 @@ impl TurnAssembler {
         is_final: bool,
     ) -> NewTurn {
         NewTurn {
-            seq: self.next_seq,
+            key: None,
             speaker: self.speaker.clone(),
             speaker_label: None,
             text,
@@ -220,30 +216,40 @@ mod tests {
         }
     }
 
-    fn turn_text(out: Option<AssemblerOutput>) -> Option<(i32, String, bool)> {
+    fn final_at(text: &str, start_ms: i64, end_ms: i64) -> SttEvent {
+        SttEvent::Final {
+            text: text.into(),
+            start_ms: Some(start_ms),
+            end_ms: Some(end_ms),
+            confidence: Some(0.9),
+        }
+    }
+
+    fn turn_text(out: Option<AssemblerOutput>) -> Option<(String, bool)> {
         match out {
-            Some(AssemblerOutput::Final(t)) => Some((t.seq, t.text, t.is_final)),
+            Some(AssemblerOutput::Final(t)) => Some((t.text, t.is_final)),
             _ => None,
         }
     }
 
+    fn said(text: &str) -> Option<(String, bool)> {
+        Some((text.into(), true))
+    }
+
     #[test]
-    fn partials_replace_and_finals_are_numbered() {
+    fn partials_replace_and_finals_become_turns() {
         let t0 = Instant::now();
         let mut a = TurnAssembler::new("contact", Duration::from_secs(2));
-        assert_eq!(
-            a.on_event(partial("i"), t0),
+        let expected = |text: &str| {
             Some(AssemblerOutput::Partial {
-                seq: 1,
-                text: "i".into()
+                speaker: "contact".into(),
+                text: text.into(),
             })
-        );
+        };
+        assert_eq!(a.on_event(partial("i"), t0), expected("i"));
         assert_eq!(
             a.on_event(partial("i need"), t0),
-            Some(AssemblerOutput::Partial {
-                seq: 1,
-                text: "i need".into()
-            }),
+            expected("i need"),
             "the new partial replaces, it is not appended"
         );
         assert_eq!(
@@ -253,30 +259,29 @@ mod tests {
         );
         assert_eq!(
             turn_text(a.on_event(final_("I need help.", Some(1000)), t0)),
-            Some((1, "I need help.".into(), true))
+            said("I need help.")
         );
         assert_eq!(a.deadline(), None, "a final clears the partial");
         assert_eq!(
-            turn_text(a.on_event(final_("in boston", Some(2000)), t0)),
-            Some((2, "in boston".into(), true))
+            turn_text(a.on_event(final_at("in boston", 1000, 2000), t0)),
+            said("in boston")
         );
-        assert_eq!(a.next_seq(), 3);
     }
 
     #[test]
-    fn repeated_and_replayed_finals_are_dropped() {
+    fn replayed_finals_are_dropped_by_time() {
         let t0 = Instant::now();
         let mut a = TurnAssembler::new("contact", Duration::from_secs(2));
         assert!(turn_text(a.on_event(final_("Hello there", Some(1000)), t0)).is_some());
         assert_eq!(
             a.on_event(final_("hello, there!", Some(1500)), t0),
             None,
-            "same words"
+            "the same words over the same audio (a re-segmented replay)"
         );
         assert_eq!(
             a.on_event(final_("something new", Some(900)), t0),
             None,
-            "ends before the last final"
+            "ends before the last final: replayed audio"
         );
         assert_eq!(
             a.on_event(final_("   ", Some(5000)), t0),
@@ -285,24 +290,57 @@ mod tests {
         );
         assert_eq!(
             turn_text(a.on_event(final_("something new", Some(2000)), t0)),
-            Some((2, "something new".into(), true))
+            said("something new")
         );
+    }
+
+    #[test]
+    fn the_same_answer_twice_is_two_turns() {
+        let t0 = Instant::now();
+        let mut a = TurnAssembler::new("contact", Duration::from_secs(2));
+        assert_eq!(
+            turn_text(a.on_event(final_at("Yes.", 0, 600), t0)),
+            said("Yes.")
+        );
+        assert_eq!(
+            turn_text(a.on_event(final_at("yes", 4000, 4500), t0)),
+            said("yes"),
+            "the same words later are a new answer"
+        );
+        assert_eq!(
+            turn_text(a.on_event(final_at("Yes.", 9000, 9400), t0)),
+            said("Yes.")
+        );
+        // After an STT reconnect the provider hears the last answer again: dropped by time.
+        assert_eq!(a.on_event(final_at("Yes.", 9000, 9400), t0), None);
     }
 
     #[test]
     fn a_stale_partial_is_promoted_after_the_timeout() {
         let t0 = Instant::now();
         let mut a = TurnAssembler::new("contact", Duration::from_millis(1500));
-        a.on_event(partial("book a plumber"), t0);
+        a.on_event(
+            SttEvent::Partial {
+                text: "book a plumber".into(),
+                start_ms: Some(0),
+                end_ms: Some(1100),
+            },
+            t0,
+        );
         assert_eq!(a.deadline(), Some(t0 + Duration::from_millis(1500)));
         assert_eq!(a.on_tick(t0 + Duration::from_millis(1499)), None);
         assert_eq!(
             turn_text(a.on_tick(t0 + Duration::from_millis(1500))),
-            Some((1, "book a plumber".into(), true))
+            said("book a plumber")
         );
         assert_eq!(a.deadline(), None);
-        // A late final with the same words is then a repeat and is dropped.
-        assert_eq!(a.on_event(final_("book a plumber", None), t0), None);
+        // The provider's late final for the same audio repeats the promoted turn: dropped.
+        assert_eq!(a.on_event(final_at("book a plumber", 0, 1200), t0), None);
+        // The same words said again later are a new turn.
+        assert_eq!(
+            turn_text(a.on_event(final_at("book a plumber", 5000, 6000), t0)),
+            said("book a plumber")
+        );
     }
 
     #[test]
@@ -314,7 +352,7 @@ mod tests {
         assert_eq!(a.on_tick(t0 + Duration::from_secs(3600)), None);
         assert_eq!(
             turn_text(a.on_event(final_("slow provider done", Some(10)), t0)),
-            Some((1, "slow provider done".into(), true))
+            said("slow provider done")
         );
     }
 
@@ -326,7 +364,7 @@ mod tests {
         a.on_event(partial("yes please"), t0);
         assert_eq!(
             turn_text(a.on_event(SttEvent::EndOfTurn, t0)),
-            Some((1, "yes please".into(), true))
+            said("yes please")
         );
     }
 
@@ -338,11 +376,10 @@ mod tests {
         a.on_event(partial("and then the cal"), t0);
         let pending = a.take_pending().unwrap();
         assert_eq!(
-            (pending.seq, pending.text.as_str(), pending.is_final),
-            (2, "and then the cal", false)
+            (pending.text.as_str(), pending.is_final),
+            ("and then the cal", false)
         );
         assert_eq!(a.take_pending(), None);
-        assert_eq!(a.next_seq(), 3);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct Transcribed(pub SttEvent);
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct PartialUpdate {
-    pub seq: i32,
+    pub speaker: String,
     pub text: String,
 }
 
@@ -38,7 +38,7 @@ pub struct TranscriptBuffer {
 }
 
 impl TranscriptBuffer {
-    /// A buffer numbering `speaker`'s turns from 1.
+    /// A buffer for `speaker`'s turns.
     pub fn new(
         speaker: &str,
         promote_after: Option<Duration>,
@@ -56,8 +56,8 @@ impl TranscriptBuffer {
 
     fn dispatch(&mut self, output: Option<AssemblerOutput>) {
         match output {
-            Some(AssemblerOutput::Partial { seq, text }) => {
-                self.call.do_send(PartialUpdate { seq, text })
+            Some(AssemblerOutput::Partial { speaker, text }) => {
+                self.call.do_send(PartialUpdate { speaker, text })
             }
             // Transcript events are never dropped: do_send ignores mailbox limits.
             Some(AssemblerOutput::Final(turn)) => self.persister.do_send(PersistTurn {
@@ -131,7 +131,7 @@ mod tests {
     #[derive(Default, Clone)]
     struct Sink {
         turns: Arc<Mutex<Vec<NewTurn>>>,
-        partials: Arc<Mutex<Vec<(i32, String)>>>,
+        partials: Arc<Mutex<Vec<(String, String)>>>,
     }
 
     impl Actor for Sink {
@@ -148,7 +148,7 @@ mod tests {
     impl Handler<PartialUpdate> for Sink {
         type Result = ();
         fn handle(&mut self, msg: PartialUpdate, _ctx: &mut Self::Context) {
-            self.partials.lock().unwrap().push((msg.seq, msg.text));
+            self.partials.lock().unwrap().push((msg.speaker, msg.text));
         }
     }
 
@@ -190,8 +190,8 @@ mod tests {
         let turns = sink.turns.lock().unwrap().clone();
         assert_eq!(turns.len(), 1);
         assert_eq!(
-            (turns[0].seq, turns[0].text.as_str(), turns[0].is_final),
-            (1, "i need a plumber today", true)
+            (turns[0].text.as_str(), turns[0].is_final),
+            ("i need a plumber today", true)
         );
         assert_eq!(sink.partials.lock().unwrap().len(), 3);
         assert_eq!(
@@ -214,6 +214,9 @@ mod tests {
         .start();
         buffer.send(partial("tomorrow at nine")).await.unwrap();
         let pending = buffer.send(FlushTranscript).await.unwrap().unwrap();
-        assert_eq!((pending.seq, pending.is_final), (1, false));
+        assert_eq!(
+            (pending.text.as_str(), pending.is_final),
+            ("tomorrow at nine", false)
+        );
     }
 }

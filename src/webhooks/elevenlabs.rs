@@ -1,7 +1,7 @@
 //! `POST /webhooks/[{token}/]elevenlabs/transcription`: one dialogue turn per request
 //! (`{conversation_id, speaker, message, timestamp}`), or ElevenLabs' `post_call_transcription`
-//! (the whole transcript at once, then the call is completed). Other ElevenLabs event types are
-//! acknowledged and ignored, so the platform does not disable the webhook.
+//! (the whole transcript at once, then the call is completed). Any other body is refused with
+//! 400 and a reason: the answer is never 200 for something that was not stored.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -172,10 +172,18 @@ async fn handle(
     };
     match value.get("type").and_then(Value::as_str) {
         Some("post_call_transcription") => post_call(&state, tenant_id, &value).await,
+        // Never 200 for what was not stored: an event this engine does not store is refused
+        // with a reason, so the platform's delivery log shows it.
         Some(other) if value.get("conversation_id").is_none() => {
             let other = crate::ingress::bounded(other, 64);
-            tracing::info!(event = %other, "ElevenLabs event ignored");
-            HttpResponse::Ok().json(json!({ "status": "ignored", "type": other }))
+            tracing::info!(event = %other, "ElevenLabs event refused: not stored by this engine");
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "event type {other:?} is not stored: send post_call_transcription or a \
+                     dialogue turn with conversation_id"
+                ),
+            )
         }
         _ => one_turn(&state, tenant_id, &value).await,
     }
@@ -307,9 +315,7 @@ async fn import(
     let calls = store
         .tenant_calls_by_external_id(tenant_id, conversation_id)
         .await?;
-    let live = calls
-        .iter()
-        .find(|c| c.status == crate::store::CallStatus::Active);
+    let live = calls.iter().find(|c| !c.status.is_terminal());
     if live.is_none() {
         if let Some(ended) = calls.last() {
             // A repeated post-call webhook: everything is stored already.

@@ -5,6 +5,30 @@
 pub mod fake_deepgram;
 pub mod voice;
 
+/// `name(Backend)` as two actix tests, `sqlite::name` and `postgres::name` (for binaries that
+/// include this module with `#[macro_use]`).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +120,18 @@ impl TestDb {
         let sep = if admin.contains('?') { '&' } else { '?' };
         let url = format!("{admin}{sep}options=-csearch_path%3D{schema}");
         (url, None, Some(schema))
+    }
+
+    /// The same database for a second node's app: its own store and options; dropping or
+    /// cleaning it up leaves the database to `self`.
+    pub fn shared(&self, options: StoreOptions) -> TestDb {
+        TestDb {
+            store: self.second_store(options),
+            url: self.url.clone(),
+            url_string: self.url_string.clone(),
+            dir: None,
+            schema: None,
+        }
     }
 
     /// Another store on the same database, e.g. a second node.

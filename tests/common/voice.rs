@@ -245,7 +245,7 @@ impl VoiceClient {
 
     /// Waits for `n` finals.
     pub async fn wait_finals(&self, n: usize) {
-        let got = wait_until(Duration::from_secs(20), || {
+        let got = wait_until(Duration::from_secs(60), || {
             (self.log.lock().unwrap().finals.len() >= n).then_some(())
         })
         .await;

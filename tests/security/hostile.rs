@@ -130,7 +130,8 @@ async fn media_catalogue(backend: Backend) {
         ),
         (
             3,
-            format!("/ws/voice/not-a-uuid?tenant_id={t}&{}", q("")),
+            // A provider id with a control character (any printable id up to 255 is accepted).
+            format!("/ws/voice/bad%01id?tenant_id={t}&{}", q("")),
             vec![],
             false,
             4000,
