@@ -122,6 +122,8 @@ struct Counters {
     text_ignored: u64,
     client_events_dropped: u64,
     turns: u64,
+    /// Highest turn number acknowledged to this call (numbers come from the database).
+    last_seq: i32,
     last_persist_at: Option<DateTime<Utc>>,
     persist_lag: Duration,
     unsent_turns: usize,
@@ -831,7 +833,12 @@ impl Handler<PartialUpdate> for CallActor {
 
     fn handle(&mut self, msg: PartialUpdate, _ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.send_event(json!({ "type": "partial", "speaker": msg.speaker, "text": msg.text }));
+        // The number this turn should get: a hint (another writer of the call may take it
+        // first); the `final` carries the number the database gave.
+        let expected = self.counters.last_seq + 1 + self.counters.unsent_turns as i32;
+        self.send_event(json!({
+            "type": "partial", "seq": expected, "speaker": msg.speaker, "text": msg.text,
+        }));
     }
 }
 
@@ -851,6 +858,7 @@ impl Handler<TurnsCommitted> for CallActor {
             .inc_by(msg.unsent as i64 - self.counters.unsent_turns as i64);
         self.counters.unsent_turns = msg.unsent;
         for turn in &msg.turns {
+            self.counters.last_seq = self.counters.last_seq.max(turn.seq);
             self.announce_final(turn);
         }
     }
