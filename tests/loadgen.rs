@@ -339,3 +339,229 @@ async fn fifty_vonage_calls_of_five_seconds_pass_verification_with_a_complete_re
     assert!(report["engine"]["samples"].as_array().unwrap().len() >= 5);
     app.stop().await;
 }
+
+/// The built-in mock Deepgram over a real socket: the documented v1 live exchange, the same
+/// words for every utterance with times from the stream's start, a refused key, and a cut.
+#[tokio::test]
+async fn the_mock_deepgram_speaks_the_v1_live_protocol() {
+    use callengine::loadgen::mock_deepgram::{MockArgs, MockDeepgram};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let args = MockArgs {
+        mock_deepgram: Some("127.0.0.1:0".into()),
+        mock_deepgram_key: Some("k1".into()),
+        ..MockArgs::default()
+    };
+    let mock = MockDeepgram::start(args.config(1).unwrap().unwrap()).unwrap();
+    let url = format!(
+        "ws://{}/v1/listen?encoding=linear16&sample_rate=16000&channels=1&interim_results=true&endpointing=300",
+        mock.addr()
+    );
+    let open = |key: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Token {key}").parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    assert!(open("wrong").await.is_err(), "a wrong key is refused");
+    let (mut ws, _) = open("k1").await.unwrap();
+    // Two answers: 200 ms of silence, speech, silence, speech, then Finalize mid-speech.
+    let mut audio = silence(200);
+    audio.extend(common::voice::tone().repeat(5));
+    audio.extend(silence(500));
+    audio.extend(common::voice::tone().repeat(4));
+    for frame in audio.chunks(640) {
+        ws.send(Message::Binary(frame.to_vec().into()))
+            .await
+            .unwrap();
+    }
+    ws.send(Message::Text(r#"{"type":"KeepAlive"}"#.into()))
+        .await
+        .unwrap();
+    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into()))
+        .await
+        .unwrap();
+    ws.send(Message::Text(r#"{"type":"CloseStream"}"#.into()))
+        .await
+        .unwrap();
+    let mut finals = Vec::new();
+    let mut interims = 0;
+    let mut metadata = false;
+    let mut close = None;
+    while let Some(Ok(message)) = ws.next().await {
+        match message {
+            Message::Text(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                match (v["type"].as_str().unwrap(), v["is_final"].as_bool()) {
+                    ("Results", Some(true)) => finals.push((
+                        v["channel"]["alternatives"][0]["transcript"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                        (v["start"].as_f64().unwrap() * 1000.0).round() as i64,
+                        v["speech_final"].as_bool().unwrap(),
+                    )),
+                    ("Results", _) => interims += 1,
+                    ("Metadata", _) => metadata = true,
+                    _ => {}
+                }
+            }
+            Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        finals,
+        vec![
+            ("Yes.".to_string(), 200, true),
+            ("Yes.".to_string(), 1200, false)
+        ]
+    );
+    assert!(interims >= 2, "{interims}");
+    assert!(metadata);
+    assert_eq!(close, Some(1000));
+    let summary = mock.summary();
+    assert_eq!(
+        (summary.streams, summary.rejected, summary.finals_sent),
+        (1, 1, 2)
+    );
+    assert_eq!(
+        (summary.keepalives, summary.finalizes, summary.close_streams),
+        (1, 1, 1)
+    );
+
+    // Every stream cut at 100 ms of audio: the connection just goes, no close frame.
+    let cutting = MockArgs {
+        mock_deepgram: Some("127.0.0.1:0".into()),
+        mock_drop_rate: 1.0,
+        mock_drop_max_ms: 100,
+        ..MockArgs::default()
+    };
+    let mock = MockDeepgram::start(cutting.config(1).unwrap().unwrap()).unwrap();
+    let url = format!("ws://{}/v1/listen", mock.addr());
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Authorization", "Token any".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    for frame in silence(400).chunks(640) {
+        if ws
+            .send(Message::Binary(frame.to_vec().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut closed_cleanly = false;
+    while let Some(Ok(message)) = ws.next().await {
+        closed_cleanly |= matches!(message, Message::Close(_));
+    }
+    assert!(!closed_cleanly, "a cut sends no close frame");
+    assert_eq!(mock.summary().streams_dropped, 1);
+    // Bad options are refused with a clear reason.
+    let bad = MockArgs {
+        mock_deepgram: Some("nowhere".into()),
+        ..MockArgs::default()
+    };
+    assert!(bad
+        .config(1)
+        .is_err_and(|e| e.to_string().contains("--mock-deepgram")));
+}
+
+/// The issue-14 soak in small: calls ending every way (normal, API hang-up, TCP drop, early
+/// close) against the engine's real Deepgram client talking to the load generator's mock,
+/// which cuts half of its streams so the STT actor reconnects and replays. Every turn a client
+/// was told about must be in the database exactly once — per the generator's own check and
+/// per the store read directly.
+#[actix_web::test]
+async fn a_chaos_run_with_stt_drops_stores_every_told_turn_exactly_once() {
+    let mock_port = common::closed_port();
+    let mock_url = format!("ws://127.0.0.1:{mock_port}");
+    let app = TestApp::start(
+        Backend::Postgres,
+        &[
+            ("CALLENGINE_STT__PROVIDER", "deepgram"),
+            ("CALLENGINE_STT__DEEPGRAM__BASE_URL", mock_url.as_str()),
+            ("CALLENGINE_STT__DEEPGRAM__API_KEY", "chaos-key"),
+            ("CALLENGINE_STT__RESTART_MAX", "10"),
+        ],
+    )
+    .await;
+    let mock_addr = format!("127.0.0.1:{mock_port}");
+    let (out, report) = run_loadgen(
+        app.port,
+        &[
+            "--calls",
+            "12",
+            "--ramp-per-sec",
+            "30",
+            "--tail-silence-ms",
+            "800",
+            "--quiet-ms",
+            "1000",
+            "--chaos",
+            "--seed",
+            "14",
+            "--mock-deepgram",
+            &mock_addr,
+            "--mock-deepgram-key",
+            "chaos-key",
+            "--mock-drop-rate",
+            "0.5",
+            "--mock-drop-max-ms",
+            "800",
+            "--api-token",
+            TOKEN,
+        ],
+    )
+    .await;
+    let stdout = succeeded(&out, "chaos");
+    eprintln!("{stdout}");
+    assert!(stdout.contains("exactly once: 12 calls"), "{stdout}");
+    let integrity = &report["integrity"];
+    assert_eq!(integrity["calls_checked"], 12, "{stdout}");
+    assert!(integrity["told_turns"].as_u64().unwrap() > 0, "{stdout}");
+    assert_eq!(integrity["missing"], 0, "{stdout}");
+    assert_eq!(integrity["duplicated"], 0, "{stdout}");
+    assert_eq!(integrity["calls_with_gaps"], 0, "{stdout}");
+    assert_eq!(report["verified_ok"], 12, "{stdout}");
+    assert_eq!(report["seed"], 14);
+    let paths = report["end_paths"].as_object().unwrap();
+    assert!(paths.len() >= 3, "{paths:?}");
+    let mock = &report["mock_deepgram"];
+    assert!(mock["streams_dropped"].as_u64().unwrap() > 0, "{mock}");
+    assert!(
+        mock["streams"].as_u64().unwrap() > 12,
+        "the engine reconnected: {mock}"
+    );
+
+    // The store itself: each told (seq, text) once among the call's realtime rows.
+    for result in report["results"].as_array().unwrap() {
+        let external = result["external_id"].as_str().unwrap();
+        let calls = app.store().calls_by_external_id(external).await.unwrap();
+        let told: Vec<(i64, &str)> = result["final_seqs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(result["finals"].as_array().unwrap())
+            .map(|(s, t)| (s.as_i64().unwrap(), t.as_str().unwrap()))
+            .collect();
+        if told.is_empty() {
+            continue;
+        }
+        assert_eq!(calls.len(), 1, "{external}");
+        let turns = app.store().list_turns(calls[0].id).await.unwrap();
+        for (seq, text) in told {
+            let rows = turns
+                .iter()
+                .filter(|t| i64::from(t.seq) == seq && t.text == text)
+                .count();
+            assert_eq!(rows, 1, "{external} turn {seq} {text:?}");
+        }
+    }
+    app.stop().await;
+}

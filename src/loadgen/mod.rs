@@ -13,8 +13,18 @@
 //! Two shapes of run: a batch (`--calls N` started at `--ramp-per-sec`, each streaming once)
 //! and a soak (`--soak-secs`/`--soak-calls`: `--calls` slots kept busy, a new call starting as
 //! soon as one ends), which reports RSS over time so a leak shows as a slope.
+//!
+//! For transcript integrity (issue 14): `--chaos` ends calls every way a call ends
+//! ([`chaos`]), `--mock-deepgram ADDR` serves the engine's Deepgram client from a mock that
+//! cuts streams at random ([`mock_deepgram`]), and the verification then checks that every
+//! turn a client was told about is stored exactly once.
 
+pub mod chaos;
+mod deepgram_wire;
+mod energy;
 mod feed;
+mod integrity;
+pub mod mock_deepgram;
 mod stats;
 mod transport;
 mod verify;
@@ -28,6 +38,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use uuid::Uuid;
 
+pub use integrity::{Integrity, IntegrityTotals, Told};
 pub use stats::{Percentiles, ProcessSample, SampleSource};
 pub use transport::{LoadProtocol, FRAME_BYTES, FRAME_MS};
 
@@ -99,6 +110,10 @@ pub struct LoadgenArgs {
     /// Load generator threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    #[command(flatten)]
+    pub chaos: chaos::ChaosArgs,
+    #[command(flatten)]
+    pub mock: mock_deepgram::MockArgs,
 }
 
 impl LoadgenArgs {
@@ -138,10 +153,21 @@ pub struct CallResult {
     /// Checked through the API after the run (None: not checked).
     pub verified: Option<bool>,
     pub verify_error: Option<String>,
+    /// How the call ended (`--chaos` only).
+    pub end_path: Option<chaos::EndPath>,
+    /// The `final` events the call received.
+    #[serde(skip)]
+    pub told: Vec<Told>,
+    /// Its stored turns against them (once verified).
+    pub integrity: Option<Integrity>,
 }
 
 impl CallResult {
     fn failed(&self, expect_turns: Option<usize>) -> Option<String> {
+        // A chaos call may end badly on purpose: only a lost or doubled turn fails it.
+        if self.end_path.is_some() {
+            return self.verify_error.clone();
+        }
         if let Some(error) = self.errors.first() {
             return Some(error.clone());
         }
@@ -201,6 +227,14 @@ pub struct Report {
     pub close_codes: std::collections::BTreeMap<String, usize>,
     pub engine: Option<stats::ProcessSummary>,
     pub soak: Option<SoakSummary>,
+    /// The run's seed (`--seed`, or the random one it drew).
+    pub seed: u64,
+    /// Calls per end path (`--chaos`).
+    pub end_paths: std::collections::BTreeMap<String, usize>,
+    /// Told, stored, missing and duplicated turns over the verified calls.
+    pub integrity: Option<IntegrityTotals>,
+    /// What the built-in mock Deepgram did (`--mock-deepgram`).
+    pub mock_deepgram: Option<mock_deepgram::MockSummary>,
     pub results: Vec<CallResult>,
 }
 
@@ -224,7 +258,12 @@ impl Report {
             "  frames sent {}, finals {}, close codes {:?}\n",
             self.frames_sent, self.finals, self.close_codes
         );
-        if self.verified_calls > 0 {
+        if self.verified_calls > 0 && !self.end_paths.is_empty() {
+            out += &format!(
+                "  verified through the API: {}/{} calls with every turn they were told about stored exactly once\n",
+                self.verified_ok, self.verified_calls
+            );
+        } else if self.verified_calls > 0 {
             out += &format!(
                 "  verified through the API: {}/{} calls completed with exactly their turns, in order\n",
                 self.verified_ok, self.verified_calls
@@ -232,6 +271,7 @@ impl Report {
         } else {
             out += "  NOT verified through the API (no --api-token, or --no-verify)\n";
         }
+        out += &chaos::summary_lines(self);
         if self.feed_lagged > 0 {
             out += &format!(
                 "  FEED LAGGED: the engine dropped {} events for this reader\n",
@@ -309,6 +349,19 @@ struct Progress {
 /// Runs the load on a runtime of its own and returns the report.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     let audio = load_audio(&args.wav)?;
+    let seed = args.chaos.seed.unwrap_or_else(|| fastrand::u64(..));
+    if args.chaos.chaos && args.api_token.is_none() {
+        anyhow::bail!(
+            "--chaos needs --api-token: hang-ups and the exactly-once check go through the API"
+        );
+    }
+    let mock = match args.mock.config(seed)? {
+        Some(config) => Some(mock_deepgram::MockDeepgram::start(config)?),
+        None => None,
+    };
+    if let Some(mock) = &mock {
+        eprintln!("mock Deepgram listening on ws://{}", mock.addr());
+    }
     if args.protocol != LoadProtocol::Voice && args.api_token.is_none() {
         tracing::warn!(
             "carrier protocols get no events on their own connection: without --api-token no finals are measured and nothing is verified"
@@ -318,7 +371,9 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?;
-    let mut report = runtime.block_on(run_async(&args, audio))?;
+    let mut report = runtime.block_on(run_async(&args, audio, seed))?;
+    report.mock_deepgram = mock.as_ref().map(|m| m.summary());
+    drop(mock);
     if let (Some(token), false) = (&args.api_token, args.no_verify) {
         eprintln!("verifying {} calls through the API…", report.results.len());
         verify::check_all(
@@ -328,13 +383,15 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
             args.protocol.engine_name(),
             args.expect_turns,
             4,
+            args.chaos.chaos,
         );
+        report.integrity = Some(IntegrityTotals::of(&report.results));
         finish_report(&mut report, args.expect_turns);
     }
     Ok(report)
 }
 
-async fn run_async(args: &LoadgenArgs, audio: Bytes) -> anyhow::Result<Report> {
+async fn run_async(args: &LoadgenArgs, audio: Bytes, seed: u64) -> anyhow::Result<Report> {
     let clip_ms = audio.len() as u64 / 32;
     let feed = match (&args.api_token, args.protocol.events_on_socket()) {
         (Some(token), false) => Some(feed::Feed::subscribe(&args.http_base(), token)?),
@@ -358,6 +415,10 @@ async fn run_async(args: &LoadgenArgs, audio: Bytes) -> anyhow::Result<Report> {
         quiet: Duration::from_millis(args.quiet_ms),
         expect_turns: args.expect_turns,
         feed: feed.clone(),
+        chaos: chaos::Chaos::from_args(&args.chaos),
+        seed,
+        http: chaos::http_agent(),
+        api: args.api_token.clone().map(|t| (args.http_base(), t)),
     });
     let source = match args.pid {
         Some(pid) => Some(SampleSource::Pid(pid)),
@@ -397,9 +458,9 @@ async fn run_async(args: &LoadgenArgs, audio: Bytes) -> anyhow::Result<Report> {
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .is_ok()
             {
-                progress.started.fetch_add(1, Ordering::Relaxed);
+                let index = progress.started.fetch_add(1, Ordering::Relaxed);
                 progress.live.fetch_add(1, Ordering::Relaxed);
-                let result = one_call(&plan, &progress).await;
+                let result = one_call(&plan, &progress, index as u64).await;
                 progress.live.fetch_sub(1, Ordering::Relaxed);
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 if result.failed(plan.expect_turns).is_some() {
@@ -456,6 +517,10 @@ async fn run_async(args: &LoadgenArgs, audio: Bytes) -> anyhow::Result<Report> {
         close_codes: std::collections::BTreeMap::new(),
         engine,
         soak,
+        seed,
+        end_paths: chaos::count_paths(results.iter().filter_map(|r| r.end_path.as_ref())),
+        integrity: None,
+        mock_deepgram: None,
         results,
     };
     for r in &report.results {
@@ -476,6 +541,9 @@ fn finish_report(report: &mut Report, expect_turns: Option<usize>) {
                 .map(|why| format!("{}: {why}", r.external_id))
         })
         .collect();
+    if let Some(totals) = report.integrity.as_ref().filter(|t| t.broken()) {
+        report.failures.push(totals.line());
+    }
     if report.feed_lagged > 0 {
         report.failures.push(format!(
             "the event feed lost {} events: latency and turn counts are incomplete",
@@ -556,12 +624,17 @@ struct CallPlan {
     quiet: Duration,
     expect_turns: Option<usize>,
     feed: Option<feed::Feed>,
+    chaos: Option<chaos::Chaos>,
+    seed: u64,
+    /// For API hang-ups: the agent, and the API's base URL and token.
+    http: ureq::Agent,
+    api: Option<(String, String)>,
 }
 
 impl CallPlan {
-    fn pick_audio_ms(&self) -> u64 {
+    fn pick_audio_ms(&self, rng: &mut fastrand::Rng) -> u64 {
         let ms = match self.audio_ms {
-            (min, Some(max)) if max > min => fastrand::u64(min..=max),
+            (min, Some(max)) if max > min => rng.u64(min..=max),
             (ms, _) => ms,
         };
         ms / FRAME_MS * FRAME_MS
@@ -575,15 +648,18 @@ pub(crate) enum Seen {
     Final {
         seq: i64,
         text: String,
+        speaker: Option<String>,
+        start_ms: Option<i64>,
         end_ms: Option<i64>,
     },
     Error(String),
     Ended,
 }
 
-async fn one_call(plan: &CallPlan, progress: &Progress) -> CallResult {
+async fn one_call(plan: &CallPlan, progress: &Progress, index: u64) -> CallResult {
+    let mut rng = chaos::call_rng(plan.seed, index);
     let external_id = plan.protocol.new_external_id();
-    let audio_ms = plan.pick_audio_ms();
+    let audio_ms = plan.pick_audio_ms(&mut rng);
     let mut result = CallResult {
         external_id: external_id.clone(),
         audio_ms,
@@ -635,6 +711,12 @@ async fn one_call(plan: &CallPlan, progress: &Progress) -> CallResult {
 
     let total_ms = audio_ms + plan.tail_ms;
     let frames = total_ms / FRAME_MS;
+    let end = plan
+        .chaos
+        .as_ref()
+        .map(|c| c.plan(&mut rng, audio_ms / FRAME_MS, frames));
+    result.end_path = end.map(|e| e.path);
+    let frames = end.map_or(frames, |e| e.frames);
     let clip_frames = plan.frames.clip_frames().max(1);
     let start = Instant::now();
     if result.errors.is_empty() {
@@ -659,11 +741,12 @@ async fn one_call(plan: &CallPlan, progress: &Progress) -> CallResult {
         }
         // Outstanding finals: until the expected count, or quiet for the wait.
         let listening = plan.protocol.events_on_socket() || plan.feed.is_some();
-        if listening {
+        if listening && end.is_none_or(|e| e.path == chaos::EndPath::Normal) {
             wait_for_finals(plan, &mut seen_rx, &mut pending).await;
         }
     }
-    match link.finish(result.frames_sent).await {
+    let path = end.map_or(chaos::EndPath::Normal, |e| e.path);
+    match chaos::end_link(plan, link, path, &mut result, &mut seen_rx, &mut pending).await {
         Ok(code) => result.close_code = code,
         Err(err) => result.errors.push(err),
     }
@@ -702,7 +785,20 @@ async fn one_call(plan: &CallPlan, progress: &Progress) -> CallResult {
                     result.started_ms = Some(at.duration_since(began).as_secs_f64() * 1000.0);
                 }
             }
-            Seen::Final { seq, text, end_ms } => {
+            Seen::Final {
+                seq,
+                text,
+                speaker,
+                start_ms,
+                end_ms,
+            } => {
+                result.told.push(Told {
+                    seq,
+                    text: text.clone(),
+                    speaker,
+                    start_ms,
+                    end_ms,
+                });
                 if let Some(end_ms) = end_ms {
                     let sent = frame_sent_at(start, &result.send_lag_us, end_ms);
                     result
@@ -782,6 +878,8 @@ pub(crate) fn parse_value(value: &serde_json::Value) -> Option<Seen> {
         "final" | "turn.final" => Some(Seen::Final {
             seq: value["seq"].as_i64()?,
             text: value["text"].as_str().unwrap_or_default().to_string(),
+            speaker: value["speaker"].as_str().map(String::from),
+            start_ms: value["start_ms"].as_i64(),
             end_ms: value["end_ms"].as_i64(),
         }),
         "error" => Some(Seen::Error(
@@ -886,6 +984,8 @@ mod tests {
             soak_calls: None,
             report: None,
             threads: 1,
+            chaos: chaos::ChaosArgs::default(),
+            mock: mock_deepgram::MockArgs::default(),
         };
         assert_eq!(args.http_base(), "http://127.0.0.1:8080");
         args.url = "wss://engine.example.com".into();

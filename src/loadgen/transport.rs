@@ -427,6 +427,26 @@ impl Link {
             _ => Err("no close from the engine within 15 s".into()),
         }
     }
+
+    /// Drops the connection abruptly: no stop message, no close frame, the socket just goes
+    /// (the reader is stopped so both halves of the stream are released at once).
+    pub fn abort(self) {
+        self.reader.abort();
+        drop(self.out);
+    }
+
+    /// After the call was ended from elsewhere (an API hang-up): waits (bounded) for the
+    /// engine's close without sending one; past the limit, ends the call the normal way.
+    pub async fn closed(mut self, frames_sent: u64) -> Result<Option<u16>, String> {
+        match tokio::time::timeout(Duration::from_secs(15), &mut self.reader).await {
+            Ok(Ok(code)) => Ok(code),
+            Ok(Err(_)) => Err("the connection's reader failed".into()),
+            Err(_) => self
+                .finish(frames_sent)
+                .await
+                .and_then(|_| Err("the engine did not close within 15 s of the hang-up".into())),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,24 +3,30 @@
 //! realtime turns numbered 1..n without gaps, its final turns exactly the finals the call saw
 //! (and the expected count when one was given) — a partial the hang-up flushed may follow them.
 //! Anything else is reported per call and fails the run.
+//!
+//! With `--chaos` calls end every way (and the engine may mark an abruptly ended call
+//! `interrupted` or `failed`), so the check is the one a client can rely on whatever happens:
+//! every turn it was told about (a `final` event: `seq`, `text`, …) is stored exactly once — a
+//! realtime row with that seq and text; no two realtime rows of the call with the same
+//! speaker, start and end (a duplicate); seqs 1..n without gaps. Both modes count told,
+//! stored, missing and duplicated turns for the report.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::integrity::{exactly_once, realtime_rows, Integrity};
 use super::CallResult;
 
-/// What the API said about one call, or why it does not match.
-pub fn check(
+/// A GET of the API as JSON, retried a few times (the database may be back in a moment).
+fn get_json(
     agent: &ureq::Agent,
     http_base: &str,
     token: &str,
-    protocol: &str,
-    result: &CallResult,
-    expect_turns: Option<usize>,
-) -> Result<(), String> {
-    let get = |path: &str| -> Result<serde_json::Value, String> {
-        let url = format!("{http_base}{path}");
+    path: &str,
+) -> Result<serde_json::Value, String> {
+    let url = format!("{http_base}{path}");
+    let once = || -> Result<serde_json::Value, String> {
         let mut response = agent
             .get(&url)
             .header("Authorization", &format!("Bearer {token}"))
@@ -32,10 +38,99 @@ pub fn check(
             .map_err(|e| format!("GET {path}: {e}"))?;
         serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}"))
     };
-    let found = get(&format!("/api/v1/calls/by-external/{}", result.external_id))?;
-    let id = pick_call(&found, protocol)?;
-    let transcript = get(&format!("/api/v1/calls/{id}/transcript"))?;
-    judge_turns(&transcript, result, expect_turns)
+    let mut last = once();
+    for _ in 0..3 {
+        if last.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        last = once();
+    }
+    last
+}
+
+/// What the API says about one call: its exactly-once figures (when its transcript could be
+/// read) and whether it passes — the strict check, or with `chaos` exactly-once alone.
+pub fn check(
+    agent: &ureq::Agent,
+    http_base: &str,
+    token: &str,
+    protocol: &str,
+    result: &CallResult,
+    expect_turns: Option<usize>,
+    chaos: bool,
+) -> (Option<Integrity>, Result<(), String>) {
+    let get = |path: &str| get_json(agent, http_base, token, path);
+    let by_external = format!("/api/v1/calls/by-external/{}", result.external_id);
+    let picked = match get(&by_external) {
+        Ok(found) if chaos => settled(&get, &by_external, found, protocol, result),
+        Ok(found) => pick_call(&found, protocol).map(|id| Some((id, "completed".to_string()))),
+        Err(err) => Err(err),
+    };
+    let (id, status) = match picked {
+        Ok(Some(picked)) => picked,
+        // No row at all (a call refused at its start, e.g. while the database was cut): fine
+        // as long as it was told nothing.
+        Ok(None) => {
+            let integrity = exactly_once(&[], &result.told, "none");
+            let outcome = integrity.problem().map_or(Ok(()), Err);
+            return (Some(integrity), outcome);
+        }
+        Err(err) => return (None, Err(err)),
+    };
+    let transcript = match get(&format!("/api/v1/calls/{id}/transcript")) {
+        Ok(transcript) => transcript,
+        Err(err) => return (None, Err(err)),
+    };
+    let integrity = exactly_once(&realtime_rows(&transcript), &result.told, &status);
+    let outcome = if chaos {
+        integrity.problem().map_or(Ok(()), Err)
+    } else {
+        judge_turns(&transcript, result, expect_turns)
+    };
+    (Some(integrity), outcome)
+}
+
+/// With chaos: the call's row (by the id the call was given, when it got one) once it is no
+/// longer `active` — an abruptly ended call may take the engine a moment — or after 30 s.
+fn settled(
+    get: &dyn Fn(&str) -> Result<serde_json::Value, String>,
+    path: &str,
+    mut found: serde_json::Value,
+    protocol: &str,
+    result: &CallResult,
+) -> Result<Option<(String, String)>, String> {
+    for _ in 0..30 {
+        match pick_any(&found, protocol, result.call_id)? {
+            Some((_, status)) if status == "active" => {}
+            other => return Ok(other),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        found = get(path)?;
+    }
+    pick_any(&found, protocol, result.call_id)
+}
+
+/// The call's row among those found for an external id, in any status: `(id, status)`.
+fn pick_any(
+    found: &serde_json::Value,
+    protocol: &str,
+    call_id: Option<uuid::Uuid>,
+) -> Result<Option<(String, String)>, String> {
+    let calls = found["calls"].as_array().cloned().unwrap_or_default();
+    let mine: Vec<&serde_json::Value> = calls
+        .iter()
+        .filter(|c| c["protocol"] == protocol)
+        .filter(|c| call_id.is_none_or(|id| c["id"].as_str() == Some(id.to_string().as_str())))
+        .collect();
+    match mine.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some((
+            one["id"].as_str().unwrap_or_default().to_string(),
+            one["status"].as_str().unwrap_or("unknown").to_string(),
+        ))),
+        more => Err(format!("{} call rows for one call", more.len())),
+    }
 }
 
 /// The one completed call of `protocol` among the rows found for an external id.
@@ -124,6 +219,7 @@ pub fn check_all(
     protocol: &str,
     expect_turns: Option<usize>,
     threads: usize,
+    chaos: bool,
 ) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
@@ -131,7 +227,8 @@ pub fn check_all(
         .into();
     let next = Arc::new(AtomicUsize::new(0));
     let total = results.len();
-    let outcomes: Vec<(usize, Result<(), String>)> = std::thread::scope(|scope| {
+    type Outcome = (usize, (Option<Integrity>, Result<(), String>));
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 let (agent, next) = (agent.clone(), next.clone());
@@ -152,6 +249,7 @@ pub fn check_all(
                                 protocol,
                                 &results[i],
                                 expect_turns,
+                                chaos,
                             ),
                         ));
                     }
@@ -163,7 +261,8 @@ pub fn check_all(
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    for (i, outcome) in outcomes {
+    for (i, (integrity, outcome)) in outcomes {
+        results[i].integrity = integrity;
         results[i].verified = Some(outcome.is_ok());
         if let Err(why) = outcome {
             results[i].verify_error = Some(why);
@@ -216,5 +315,19 @@ mod tests {
             {"id": "a", "protocol": "vonage", "status": "completed"},
             {"id": "b", "protocol": "vonage", "status": "completed"}]});
         assert!(pick_call(&twins, "vonage").is_err_and(|e| e.contains("2 call rows")));
+    }
+
+    #[test]
+    fn a_chaos_call_is_found_in_any_status_by_its_id() {
+        let id = uuid::Uuid::new_v4();
+        let found = json!({"calls": [
+            {"id": "other", "protocol": "voice", "status": "completed"},
+            {"id": id.to_string(), "protocol": "voice", "status": "interrupted"}]});
+        assert_eq!(
+            pick_any(&found, "voice", Some(id)),
+            Ok(Some((id.to_string(), "interrupted".to_string())))
+        );
+        assert!(pick_any(&found, "voice", None).is_err());
+        assert_eq!(pick_any(&found, "twilio", None), Ok(None));
     }
 }
