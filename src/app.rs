@@ -262,6 +262,14 @@ impl Application {
                 .service(api::resend_delivery)
         })
         .disable_signals()
+        // Events (finals) leave at once; every accepted socket is counted with the option as
+        // read back from it (see crate::net).
+        .tcp_nodelay(true)
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                crate::net::observe(crate::net::SocketKind::Http, tcp.nodelay().unwrap_or(false));
+            }
+        })
         // A client that closed its socket is gone: an event stream's slot frees at once
         // instead of at the next failed write.
         .h1_allow_half_closed(false)

@@ -14,6 +14,7 @@ pub mod egress;
 pub mod ingress;
 pub mod loadgen;
 pub mod media;
+pub mod net;
 pub mod ops;
 pub mod persist;
 pub mod postcall;

@@ -484,3 +484,74 @@ async fn a_tenants_own_key_is_used_instead_of_the_nodes() {
     assert!(s.paths[0].starts_with("/v1/listen"), "{:?}", s.paths);
     app.stop().await;
 }
+
+/// `callengine_tcp_connections_total{socket=…,nodelay=…}` from `/metrics`.
+async fn tcp_sockets(app: &TestApp, socket: &str, nodelay: bool) -> u64 {
+    let (status, body) = common::metrics(app.port).await;
+    assert_eq!(status, 200);
+    let series =
+        format!("callengine_tcp_connections_total{{socket=\"{socket}\",nodelay=\"{nodelay}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Issue 15: every socket the engine accepts (HTTP/WebSocket, AudioSocket) or opens (the STT
+/// provider's) has TCP_NODELAY, as read back from the socket itself; none is counted without.
+#[actix_web::test]
+async fn every_socket_the_engine_opens_or_accepts_has_tcp_nodelay() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeDeepgram::start().await;
+    let tenant = OPEN_TENANT.to_string();
+    let app = app_with(
+        &fake,
+        "deepgram",
+        &[
+            ("CALLENGINE_MEDIA__AUDIOSOCKET_BIND", "127.0.0.1:0"),
+            ("CALLENGINE_MEDIA__AUDIOSOCKET_TENANT_ID", tenant.as_str()),
+        ],
+    )
+    .await;
+    let before: Vec<u64> = futures_util::future::join_all(
+        ["http", "audiosocket", "stt"].map(|kind| tcp_sockets(&app, kind, true)),
+    )
+    .await;
+    // A WebSocket call (an accepted HTTP socket and an STT socket)…
+    run_call(&app, 1).await;
+    // …and an AudioSocket call (an accepted AudioSocket and another STT socket).
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.audiosocket_port.unwrap()))
+        .await
+        .unwrap();
+    let uuid = Uuid::new_v4();
+    let frame = callengine::media::audiosocket::encode;
+    tcp.write_all(&frame(0x01, uuid.as_bytes())).await.unwrap();
+    for _ in 0..10 {
+        tcp.write_all(&frame(0x10, &[0u8; 320])).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fake.state.lock().unwrap().connections < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the AudioSocket call's STT stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tcp.write_all(&[0x00, 0x00, 0x00]).await.unwrap();
+    drop(tcp);
+    for (kind, before) in ["http", "audiosocket", "stt"].iter().zip(before) {
+        let after = tcp_sockets(&app, kind, true).await;
+        assert!(
+            after > before,
+            "{kind}: {before} → {after} sockets with TCP_NODELAY"
+        );
+        assert_eq!(
+            tcp_sockets(&app, kind, false).await,
+            0,
+            "{kind} without TCP_NODELAY"
+        );
+    }
+    app.stop().await;
+}

@@ -65,8 +65,10 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// Streaming resampler for live audio: the same windowed-sinc filter as [`resample`], as a
 /// polyphase table over the rational ratio `to/from`, with the input's tail kept between calls
-/// so frame boundaries leave no seams. Output lags input by the filter's half width (about
-/// 2 ms for 8 → 16 kHz); over time, `from` input samples make exactly `to` output samples.
+/// so frame boundaries leave no seams. Primed: the output is delayed by the filter's reach
+/// (about 2 ms for 8 → 16 kHz) instead of waiting for the next chunk, so every chunk yields
+/// all its output at once — 160 samples at 8 kHz give exactly 320 at 16 kHz, from the first
+/// chunk on, and a 20 ms frame in is a 20 ms frame out (no frame waits for its successor).
 #[derive(Debug, Clone)]
 pub struct StreamResampler {
     up: u64,
@@ -108,11 +110,18 @@ impl StreamResampler {
             taps,
             reach,
             table,
-            // Silence before the stream, so the first output is centred on the first input.
-            history: vec![0.0; reach as usize],
+            // Silence before the stream: `reach` samples of left padding for the first output's
+            // window (absolute indices -reach..0), and `reach` more taken as already received
+            // input (0..reach), which delay the output by the filter's look-ahead.
+            history: vec![0.0; 2 * reach as usize],
             base: 0,
             next_out: 0,
         }
+    }
+
+    /// Output delay in output samples (the priming): the first this many are silence.
+    pub fn delay(&self) -> usize {
+        (self.reach as u64 * self.up / self.down) as usize
     }
 
     /// Feeds s16 samples; returns the output samples now complete.
@@ -211,12 +220,12 @@ mod tests {
         for frame in pcm.chunks(160) {
             out.extend(stream.process(frame));
         }
-        // Lag of the filter's half width at most; everything else came out.
-        assert!(
-            out.len() <= 16_000 && out.len() >= 16_000 - 40,
-            "{}",
-            out.len()
-        );
+        // Primed: every 20 ms chunk gave its 320 samples, and the content is
+        // delayed by the filter's reach.
+        assert_eq!(out.len(), 16_000);
+        let delay = stream.delay();
+        assert!(delay > 0 && delay < 64, "{delay}");
+        let out = &out[delay..];
         for (i, (a, b)) in out.iter().zip(&whole).enumerate().skip(40).take(15_000) {
             let expected = b * 16_000.0;
             assert!(
@@ -227,14 +236,28 @@ mod tests {
     }
 
     #[test]
+    fn every_carrier_rate_gives_one_frame_out_per_frame_in_from_the_first() {
+        for rate in [8_000u32, 24_000, 32_000, 48_000] {
+            let mut stream = StreamResampler::new(rate, 16_000);
+            let chunk = vec![1_000i16; rate as usize / 50];
+            for k in 0..5 {
+                assert_eq!(stream.process(&chunk).len(), 320, "{rate} Hz, chunk {k}");
+            }
+        }
+    }
+
+    #[test]
     fn streaming_downsampling_keeps_the_rate_over_time() {
         let pcm: Vec<i16> = tone(300.0, 48_000, 2.0)
             .iter()
             .map(|v| (v * 8_000.0) as i16)
             .collect();
         let mut stream = StreamResampler::new(48_000, 16_000);
-        let out: usize = pcm.chunks(960).map(|f| stream.process(f).len()).sum();
-        assert!((31_900..=32_000).contains(&out), "{out}");
+        let outs: Vec<usize> = pcm.chunks(960).map(|f| stream.process(f).len()).collect();
+        assert!(
+            outs.iter().all(|n| *n == 320),
+            "one 20 ms chunk, one 20 ms chunk: {outs:?}"
+        );
         let mut same = StreamResampler::new(16_000, 16_000);
         assert_eq!(same.process(&[1, 2, 3]), vec![1, 2, 3]);
     }

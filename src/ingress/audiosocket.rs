@@ -80,6 +80,7 @@ impl AudioSocketListener {
                         continue;
                     }
                 };
+                crate::net::tune(&tcp, crate::net::SocketKind::AudioSocket);
                 let allowed = allow.iter().any(|a| {
                     a.is_none_or(|ip| {
                         ip == peer.ip() || ip.to_canonical() == peer.ip().to_canonical()

@@ -405,6 +405,15 @@ pub struct Metrics {
     pub whisper: WhisperMetrics,
     pub postcall: PostcallMetrics,
     pub calls: CallMetrics,
+    /// TCP sockets by kind and whether `TCP_NODELAY` is on (copied from [`crate::net`]).
+    tcp: Family<TcpLabels, Counter>,
+}
+
+/// Labels of `callengine_tcp_connections`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub socket: &'static str,
+    pub nodelay: &'static str,
 }
 
 impl Default for Metrics {
@@ -420,11 +429,18 @@ impl Default for Metrics {
         postcall.register(ours);
         let calls = CallMetrics::default();
         calls.register(ours);
+        let tcp = Family::<TcpLabels, Counter>::default();
+        ours.register(
+            "tcp_connections",
+            "TCP sockets opened or accepted, by kind and whether TCP_NODELAY is on",
+            tcp.clone(),
+        );
         Self {
             registry,
             whisper,
             postcall,
             calls,
+            tcp,
         }
     }
 }
@@ -432,6 +448,18 @@ impl Default for Metrics {
 impl Metrics {
     /// The text exposition.
     pub fn encode(&self) -> String {
+        for kind in crate::net::SocketKind::ALL {
+            for nodelay in [true, false] {
+                let labels = TcpLabels {
+                    socket: kind.as_str(),
+                    nodelay: if nodelay { "true" } else { "false" },
+                };
+                self.tcp.get_or_create(&labels).inner().store(
+                    crate::net::count(kind, nodelay),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -180,6 +180,13 @@ impl DeepgramProvider {
         let query = serde_urlencoded::to_string(&query).unwrap_or_default();
         format!("{base}{path}?{query}")
     }
+
+    /// The URL of one call's stream: [`Self::url`] plus Deepgram's `tag` request label set to
+    /// the engine's call id (an opaque UUID), so provider-side usage and logs — and the load
+    /// generator's mock, which times each frame's arrival — can tell calls apart.
+    pub fn stream_url(&self, config: &StreamConfig) -> String {
+        format!("{}&tag={}", self.url(config.sample_rate), config.call_id)
+    }
 }
 
 impl SttProvider for DeepgramProvider {
@@ -194,7 +201,7 @@ impl SttProvider for DeepgramProvider {
         &self,
         config: StreamConfig,
     ) -> LocalBoxFuture<'static, Result<SttSession, SttFailure>> {
-        let url = self.url(config.sample_rate);
+        let url = self.stream_url(&config);
         let key = config.api_key.clone().or_else(|| self.api_key.clone());
         let settings = self.settings.clone();
         let (api, queue) = (self.api, self.queue_frames);
@@ -245,7 +252,17 @@ async fn connect(url: &str, key: &Secret, limit: Duration) -> Result<Ws, SttFail
             "connect timed out after {} ms",
             limit.as_millis()
         ))),
-        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Ok((ws, _))) => {
+            let tcp = match ws.get_ref() {
+                tokio_tungstenite::MaybeTlsStream::Plain(tcp) => Some(tcp),
+                tokio_tungstenite::MaybeTlsStream::Rustls(tls) => Some(tls.get_ref().0),
+                _ => None,
+            };
+            if let Some(tcp) = tcp {
+                crate::net::observe(crate::net::SocketKind::Stt, tcp.nodelay().unwrap_or(false));
+            }
+            Ok(ws)
+        }
         Ok(Err(WsError::Http(response))) => {
             let status = response.status().as_u16();
             let message = format!("Deepgram refused the stream: HTTP {status}");
@@ -458,6 +475,20 @@ mod tests {
             url.contains("endpointing=false") && !url.contains("utterance_end_ms"),
             "{url}"
         );
+    }
+
+    #[test]
+    fn a_stream_is_tagged_with_its_call_id() {
+        let call_id = uuid::Uuid::new_v4();
+        let config = StreamConfig {
+            call_id,
+            sample_rate: 16_000,
+            start_offset_ms: 0,
+            session_index: 0,
+            api_key: None,
+        };
+        let url = provider(DeepgramApi::V1, DeepgramSettings::default()).stream_url(&config);
+        assert!(url.ends_with(&format!("&tag={call_id}")), "{url}");
     }
 
     #[test]
