@@ -129,6 +129,7 @@ fn frame_to_stt(c: &mut Criterion) {
             status: sink.clone().recipient(),
             gave_up: sink.recipient(),
             mailbox: Default::default(),
+            replay_bytes: Default::default(),
             live: Default::default(),
         };
         let addr = SttActor::new(uuid::Uuid::nil(), Arc::new(NullProvider), policy, links).start();

@@ -633,6 +633,28 @@ async fn mailbox_depths_and_process_figures_are_reported() {
             && metrics.contains("callengine_actors{kind=\"call\"} 1"),
         "{metrics}"
     );
+    // Audio not yet covered by a final is held for a replay after a reconnect, and shown: 100 ms
+    // more (half a scripted turn, no final) is 5 frames of 640 bytes.
+    call.send_audio(100, &tone()).await;
+    let mut held = None;
+    for _ in 0..100 {
+        let (_, live) = get(&app, "/api/v1/calls", Some(TOKEN)).await;
+        held = live["calls"][0]["replay_bytes"].as_i64();
+        if held == Some(3_200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        held,
+        Some(3_200),
+        "replay buffer of the unacknowledged 100 ms"
+    );
+    let (_, metrics) = common::metrics(app.port).await;
+    assert!(
+        metrics.contains("callengine_replay_buffer_bytes 3200"),
+        "{metrics}"
+    );
     call.close(1000).await;
     call.finished().await;
     // Once the call is over, its actors are gone: none lingers holding its audio (the STT
@@ -642,12 +664,22 @@ async fn mailbox_depths_and_process_figures_are_reported() {
         let (_, metrics) = common::metrics(app.port).await;
         if metrics.contains("callengine_actors{kind=\"stt\"} 0")
             && metrics.contains("callengine_actors{kind=\"call\"} 0")
+            && metrics.contains("callengine_replay_buffer_bytes 0")
         {
             gone = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(gone, "call or STT actors still alive after the call ended");
+    let (_, metrics) = common::metrics(app.port).await;
+    assert!(
+        gone,
+        "call or STT actors or their replay audio still alive after the call ended: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("callengine_actors") || l.starts_with("callengine_replay"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     app.stop().await;
 }

@@ -91,6 +91,8 @@ pub struct CallSnapshot {
     pub audio_too_fast: bool,
     /// Messages waiting in the call's mailboxes.
     pub mailbox: MailboxDepths,
+    /// Audio its STT actors hold to replay after a reconnect, bytes (16 kHz PCM: 32 KB/s).
+    pub replay_bytes: i64,
 }
 
 /// Messages waiting in a call's mailboxes (actix does not expose mailbox lengths: the call
@@ -154,6 +156,8 @@ pub struct CallActor {
     frames_lost: prometheus_client::metrics::counter::Counter,
     /// Frames waiting in this call's STT actors' mailboxes.
     stt_mailbox: super::mailbox::Depth,
+    /// Replay-buffer bytes of this call's STT actors.
+    replay_bytes: super::mailbox::Bytes,
     /// This actor in `callengine_actors{kind="call"}` (undone on drop).
     live: prometheus_client::metrics::gauge::Gauge,
     /// Counted in `calls_active` (undone exactly once at the end).
@@ -215,11 +219,13 @@ impl CallActor {
         );
         let live = deps.metrics.actors_of("call");
         live.inc();
+        let replay_bytes = super::mailbox::Bytes::new(deps.metrics.replay_buffer_bytes.clone());
         Self {
             frames_ok,
             frames_bad,
             frames_lost,
             stt_mailbox,
+            replay_bytes,
             live,
             active_gauge: None,
             span,
@@ -327,6 +333,7 @@ impl CallActor {
                 (provider.clone(), policy.clone(), transcript.clone());
             let (status, gave_up) = (me.clone().recipient(), me.clone().recipient());
             let mailbox = self.stt_mailbox.clone();
+            let replay_bytes = self.replay_bytes.clone();
             let live = self.deps.metrics.actors_of("stt");
             self.stt.push(actix::Supervisor::start(move |_| {
                 SttActor::new(
@@ -338,6 +345,7 @@ impl CallActor {
                         status,
                         gave_up,
                         mailbox: mailbox.clone(),
+                        replay_bytes: replay_bytes.clone(),
                         live: live.clone(),
                     },
                 )
@@ -732,6 +740,7 @@ impl CallActor {
                 outbound: (self.out.max_capacity() - self.out.capacity()) as i64,
                 persister: c.unsent_turns as i64,
             },
+            replay_bytes: self.replay_bytes.get(),
         }
     }
 }

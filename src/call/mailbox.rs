@@ -62,6 +62,36 @@ impl Depth {
     }
 }
 
+/// Bytes a call's STT actors hold in their replay buffers (audio kept since the last final to
+/// be sent again after a reconnect): per call (`replay_bytes` in `GET /api/v1/calls`) and summed
+/// over the node (`callengine_replay_buffer_bytes`). Clones share the count.
+#[derive(Clone, Debug, Default)]
+pub struct Bytes {
+    here: Arc<AtomicI64>,
+    node: Gauge,
+}
+
+impl Bytes {
+    /// A count that also adds into `node`.
+    pub fn new(node: Gauge) -> Self {
+        Self {
+            node,
+            ..Self::default()
+        }
+    }
+
+    /// `n` bytes more (negative: fewer).
+    pub fn add(&self, n: i64) {
+        self.here.fetch_add(n, Ordering::Relaxed);
+        self.node.inc_by(n);
+    }
+
+    /// Bytes held now.
+    pub fn get(&self) -> i64 {
+        self.here.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -249,6 +249,8 @@ pub struct CallMetrics {
     pub unsent_turns: Gauge,
     /// Messages waiting in the calls' actor mailboxes (sum over calls), by mailbox.
     pub mailbox_depth: Family<MailboxLabels, Gauge>,
+    /// Audio held for replay after an STT reconnect (sum over calls), bytes.
+    pub replay_buffer_bytes: Gauge,
     /// Call and STT actors in memory (back to zero when no call is live: a leak shows here).
     pub actors: Family<ActorLabels, Gauge>,
 }
@@ -267,6 +269,7 @@ impl Default for CallMetrics {
             persist_lag_seconds: lag_histogram(),
             unsent_turns: Gauge::default(),
             mailbox_depth: Family::default(),
+            replay_buffer_bytes: Gauge::default(),
             actors: Family::default(),
         }
     }
@@ -341,6 +344,11 @@ impl CallMetrics {
             "actors",
             "Call and STT actors in memory, by kind",
             self.actors.clone(),
+        );
+        registry.register(
+            "replay_buffer_bytes",
+            "Audio the STT actors hold to replay after a reconnect (sum over live calls), bytes",
+            self.replay_buffer_bytes.clone(),
         );
         registry.register(
             "mailbox_depth",

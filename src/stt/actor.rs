@@ -96,6 +96,8 @@ pub struct SttLinks {
     pub gave_up: Recipient<SttGaveUp>,
     /// Depth of this actor's audio mailbox, counted with the call actor that fills it.
     pub mailbox: crate::call::mailbox::Depth,
+    /// Bytes in this actor's replay buffer, counted with the call's other STT actors.
+    pub replay_bytes: crate::call::mailbox::Bytes,
     /// Live STT actors on the node (`callengine_actors{kind="stt"}`): one while this exists.
     pub live: prometheus_client::metrics::gauge::Gauge,
 }
@@ -237,7 +239,9 @@ impl SttActor {
                 break;
             }
             self.replay_ms -= millis;
-            self.replay.pop_front();
+            if let Some((_, _, pcm)) = self.replay.pop_front() {
+                self.links.replay_bytes.add(-(pcm.len() as i64));
+            }
         }
     }
 
@@ -289,6 +293,7 @@ impl SttActor {
 impl Drop for SttActor {
     fn drop(&mut self) {
         self.links.live.dec();
+        self.clear_replay();
     }
 }
 
@@ -329,11 +334,13 @@ impl Handler<SttAudio> for SttActor {
         let offset_ms = self.next_offset_ms;
         let millis = i64::from(msg.millis);
         self.next_offset_ms += millis;
+        self.links.replay_bytes.add(msg.pcm.len() as i64);
         self.replay.push_back((offset_ms, millis, msg.pcm.clone()));
         self.replay_ms += millis;
         while self.replay_ms > self.policy.replay_buffer_ms {
-            if let Some((_, dropped, _)) = self.replay.pop_front() {
+            if let Some((_, dropped, pcm)) = self.replay.pop_front() {
                 self.replay_ms -= dropped;
+                self.links.replay_bytes.add(-(pcm.len() as i64));
             }
         }
         if self.state == SttState::Streaming {
@@ -386,7 +393,13 @@ impl SttActor {
             ctx.cancel_future(handle);
         }
         self.audio = None;
-        self.replay.clear();
+        self.clear_replay();
+    }
+
+    /// Empties the replay buffer, taking its bytes out of the count.
+    fn clear_replay(&mut self) {
+        let held: usize = self.replay.drain(..).map(|(_, _, pcm)| pcm.len()).sum();
+        self.links.replay_bytes.add(-(held as i64));
         self.replay_ms = 0;
     }
 }
