@@ -18,6 +18,7 @@ on_both_backends!(
     a_replayed_batch_is_found_by_its_key,
     the_call_row_transcript_is_current_after_every_turn,
     an_stt_reconnect_with_replay_and_repeated_words_loses_and_repeats_nothing,
+    two_channels_talking_at_once_share_one_sequence,
 );
 
 /// A `/ws/voice` query that links to `call_id`.
@@ -284,5 +285,66 @@ async fn an_stt_reconnect_with_replay_and_repeated_words_loses_and_repeats_nothi
     assert!(log.finals.iter().all(|(_, t)| t == "turn 1 words"));
     let turns = assert_told_turns_stored_once(app.store(), call_id, &told(&log)).await;
     assert_eq!(turns.iter().filter(|t| t.is_final).count(), 4);
+    app.stop().await;
+}
+
+/// A stereo audio_fork call where both sides talk at once: two STT streams, two assemblers,
+/// their turns interleaved in one gap-free sequence, every turn of each side stored once.
+async fn two_channels_talking_at_once_share_one_sequence(backend: Backend) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = TestApp::start(backend, &[]).await;
+    let mut request = format!("ws://127.0.0.1:{}/ws/audiofork", app.port)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "audio.drachtio.org".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let external = format!("fs-{}", Uuid::new_v4());
+    let metadata = serde_json::json!({
+        "callSid": external, "sampleRate": 16000, "mixType": "stereo",
+        "metadata": { "tenant_id": OPEN_TENANT.to_string() }
+    });
+    ws.send(Message::Text(metadata.to_string().into()))
+        .await
+        .unwrap();
+    // 2 s of stereo audio, both channels busy: 10 scripted turns per side.
+    let frame: Vec<u8> = std::iter::repeat_n([0x10u8, 0x27, 0x10, 0x27], 320)
+        .flatten()
+        .collect();
+    for _ in 0..100 {
+        ws.send(Message::Binary(frame.clone().into()))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::Close(None)).await.unwrap();
+    drop(ws);
+    let store = app.store();
+    let mut call = None;
+    for _ in 0..200 {
+        call = store
+            .calls_by_external_id(&external)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.status.is_terminal());
+        if call.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = call.expect("the call ended");
+    let turns = assert_told_turns_stored_once(store, call.id, &[]).await;
+    for side in ["caller", "callee"] {
+        let finals = turns
+            .iter()
+            .filter(|t| t.speaker == side && t.is_final)
+            .count();
+        assert_eq!(finals, 10, "{side}: {turns:?}");
+    }
     app.stop().await;
 }
