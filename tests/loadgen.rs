@@ -565,3 +565,88 @@ async fn a_chaos_run_with_stt_drops_stores_every_told_turn_exactly_once() {
     }
     app.stop().await;
 }
+
+/// The forwarding section of a run with the mock: every call matched to its stream, frames
+/// timed, values that are real lags (finite, not negative), and all the audio delivered (no
+/// cuts on this run). No timing thresholds: those are benchmarks, not tests.
+fn assert_forwarding_measured(report: &serde_json::Value, stdout: &str, calls: u64) {
+    let f = &report["forwarding"];
+    assert!(f.is_object(), "no forwarding section: {stdout}");
+    assert_eq!(f["calls_matched"], calls, "{f}");
+    assert_eq!(f["calls_unmatched"], 0, "{f}");
+    assert_eq!(f["calls_without_stream"], 0, "{f}");
+    let frames = f["frames"].as_u64().unwrap();
+    assert!(frames > 0, "{f}");
+    assert!(frames <= report["frames_sent"].as_u64().unwrap(), "{f}");
+    assert_eq!(f["lag_ms"]["count"], frames, "{f}");
+    assert_eq!(
+        f["frames_before_send"], 0,
+        "the bytes line up with the frames: {f}"
+    );
+    for section in ["lag_ms", "per_call_p99_ms", "jitter_ms"] {
+        for key in ["p50", "p90", "p99", "max"] {
+            let value = f[section][key].as_f64().unwrap();
+            assert!(value.is_finite() && value >= 0.0, "{section}.{key}: {f}");
+        }
+    }
+    assert_eq!(f["per_call_p99_ms"]["count"], calls, "{f}");
+    assert!(f["completeness"].as_f64().unwrap() >= 0.99, "{f}");
+    assert!(f["completeness_worst"].as_f64().unwrap() >= 0.99, "{f}");
+    assert!(f["audio_secs_sent"].as_f64().unwrap() > 0.0, "{f}");
+    for result in report["results"].as_array().unwrap() {
+        assert!(
+            result["forwarding"]["frames"].as_u64().unwrap() > 0,
+            "{result}"
+        );
+    }
+    assert!(stdout.contains("forwarding lag p50"), "{stdout}");
+    assert!(stdout.contains("audio delivered"), "{stdout}");
+}
+
+/// Issue 15: the load generator times every frame from its send to its arrival at the mock
+/// Deepgram, which the engine's real Deepgram client streams to, tagged with the call id —
+/// generic-socket calls (call id from the `call` event) and Twilio calls (call id from the
+/// event feed's `call.started`, μ-law 8 kHz resampled to 16 kHz by the engine).
+#[actix_web::test]
+async fn forwarding_lag_is_measured_frame_by_frame_at_the_mock_deepgram() {
+    let mock_port = common::closed_port();
+    let mock_url = format!("ws://127.0.0.1:{mock_port}");
+    let app = TestApp::start(
+        Backend::Sqlite,
+        &[
+            ("CALLENGINE_STT__PROVIDER", "deepgram"),
+            ("CALLENGINE_STT__DEEPGRAM__BASE_URL", mock_url.as_str()),
+            ("CALLENGINE_STT__DEEPGRAM__API_KEY", "lag-key"),
+        ],
+    )
+    .await;
+    let tenant_id = uuid::Uuid::new_v4();
+    let id = tenant_id.to_string();
+    open_tenant(&app, tenant_id).await;
+    let mock_addr = format!("127.0.0.1:{mock_port}");
+    let common_args = [
+        "--calls",
+        "5",
+        "--ramp-per-sec",
+        "20",
+        "--tail-silence-ms",
+        "800",
+        "--quiet-ms",
+        "1000",
+        "--mock-deepgram",
+        &mock_addr,
+        "--api-token",
+        TOKEN,
+    ];
+    for protocol in ["voice", "twilio"] {
+        let mut args = common_args.to_vec();
+        args.extend(["--protocol", protocol, "--tenant-id", &id]);
+        let (out, report) = run_loadgen(app.port, &args).await;
+        let stdout = succeeded(&out, protocol);
+        eprintln!("{protocol}: {stdout}");
+        assert_eq!(report["failed_calls"], 0, "{protocol}: {stdout}");
+        assert_eq!(report["mock_deepgram"]["streams_dropped"], 0);
+        assert_forwarding_measured(&report, &stdout, 5);
+    }
+    app.stop().await;
+}

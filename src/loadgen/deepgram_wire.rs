@@ -7,12 +7,14 @@ use tokio_tungstenite::tungstenite::handshake::server::Request;
 use tokio_tungstenite::tungstenite::http::StatusCode;
 
 /// What the client asked for in its URL.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamParams {
     pub sample_rate: u32,
     pub interim: bool,
     pub endpoint_ms: u64,
     pub vad_events: bool,
+    /// The first `tag` (the engine tags each stream with its call id).
+    pub tag: Option<String>,
 }
 
 /// Checks the upgrade request: path, auth (`Token KEY`; any non-empty key without `key`),
@@ -63,6 +65,7 @@ pub fn admit(request: &Request, key: Option<&str>) -> Result<StreamParams, (Stat
         // Deepgram's own default is 10 ms; the engine always sends its setting.
         endpoint_ms: param("endpointing").map_or(10, |v| v.parse().unwrap_or(10)),
         vad_events: param("vad_events") == Some("true"),
+        tag: param("tag").filter(|t| !t.is_empty()).map(String::from),
     })
 }
 
@@ -156,9 +159,12 @@ mod tests {
                 sample_rate: 8_000,
                 interim: true,
                 endpoint_ms: 300,
-                vad_events: false
+                vad_events: false,
+                tag: None
             })
         );
+        let tagged = request("/v1/listen?tag=abc&tag=other", "Token k");
+        assert_eq!(admit(&tagged, None).map(|p| p.tag), Ok(Some("abc".into())));
         let status = |r: &Request, key| admit(r, key).err().map(|e| e.0.as_u16());
         assert_eq!(status(&ok, Some("other")), Some(401));
         assert_eq!(status(&request("/v1/listen", ""), None), Some(401));

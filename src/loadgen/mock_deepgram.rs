@@ -19,8 +19,9 @@
 //! reconnects and replays. Choices follow `--seed` and the order streams connect in.
 //!
 //! Every stream is one cheap tokio task on a runtime of the mock's own, so thousands can run
-//! at once without taking the load generator's threads. [`FrameHook`] sees each audio frame as
-//! it arrives (for forwarding-lag reports).
+//! at once without taking the load generator's threads. Each stream's audio is timed into an
+//! [`ArrivalLog`] keyed by the stream's `tag` (the engine's call id): the provider's side of
+//! the load generator's forwarding-lag report. [`FrameHook`] also sees each audio frame.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::arrivals::{ArrivalLog, Recorder};
 use super::deepgram_wire::{self as wire, StreamParams};
 use super::energy::{EnergyDetector, Heard};
 
@@ -166,6 +168,7 @@ struct Counters {
 struct Shared {
     config: MockConfig,
     counters: Counters,
+    arrivals: ArrivalLog,
 }
 
 /// A running mock; stops when dropped.
@@ -197,6 +200,7 @@ impl MockDeepgram {
         let shared = Arc::new(Shared {
             config,
             counters: Counters::default(),
+            arrivals: ArrivalLog::default(),
         });
         let serving = shared.clone();
         runtime.spawn(async move {
@@ -221,6 +225,11 @@ impl MockDeepgram {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// When each call's audio arrived (streams keyed by their `tag`).
+    pub fn arrivals(&self) -> &ArrivalLog {
+        &self.shared.arrivals
     }
 
     /// Counts so far.
@@ -290,9 +299,13 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
         // A reset, not a FIN: the abrupt end a dead peer or a middlebox gives.
         let _ = ws.get_ref().set_zero_linger();
     }
+    let recorder = shared
+        .arrivals
+        .open(params.tag.as_deref(), params.sample_rate, Instant::now());
     let mut stream = Stream {
         shared: shared.clone(),
         index,
+        recorder,
         detector: EnergyDetector::new(
             params.sample_rate,
             params.endpoint_ms,
@@ -309,6 +322,8 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
 struct Stream {
     shared: Arc<Shared>,
     index: u64,
+    /// Times the audio into the arrival log (a tagged stream).
+    recorder: Option<Recorder>,
     detector: EnergyDetector,
     params: StreamParams,
     request_id: String,
@@ -366,12 +381,16 @@ impl Stream {
     fn on_audio(&mut self, audio: &[u8]) -> (Vec<String>, Next) {
         let c = &self.shared.counters;
         let before = self.detector.stream_ms();
+        let at = Instant::now();
+        if let Some(recorder) = &self.recorder {
+            recorder.record(audio.len(), at);
+        }
         if let Some(hook) = &self.shared.config.frame_hook {
             hook(FrameArrival {
                 stream: self.index,
                 offset_ms: before,
                 bytes: audio.len(),
-                at: Instant::now(),
+                at,
             });
         }
         let heard = self.detector.push(audio);

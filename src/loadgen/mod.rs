@@ -17,12 +17,15 @@
 //! For transcript integrity (issue 14): `--chaos` ends calls every way a call ends
 //! ([`chaos`]), `--mock-deepgram ADDR` serves the engine's Deepgram client from a mock that
 //! cuts streams at random ([`mock_deepgram`]), and the verification then checks that every
-//! turn a client was told about is stored exactly once.
+//! turn a client was told about is stored exactly once. With the mock, every frame's
+//! forwarding lag (client send → provider receipt, one clock) is reported too ([`forwarding`]).
 
+pub mod arrivals;
 pub mod chaos;
 mod deepgram_wire;
 mod energy;
 mod feed;
+pub mod forwarding;
 mod integrity;
 pub mod mock_deepgram;
 mod stats;
@@ -141,6 +144,9 @@ pub struct CallResult {
     pub started_ms: Option<f64>,
     pub audio_ms: u64,
     pub frames_sent: u64,
+    /// When frame 0 was due: frame `k` was due 20k ms later.
+    #[serde(skip)]
+    pub audio_start: Option<Instant>,
     /// Lateness of every frame, µs.
     #[serde(skip)]
     pub send_lag_us: Vec<u32>,
@@ -160,6 +166,8 @@ pub struct CallResult {
     pub told: Vec<Told>,
     /// Its stored turns against them (once verified).
     pub integrity: Option<Integrity>,
+    /// Its frames' forwarding lag (`--mock-deepgram`, once matched to its stream).
+    pub forwarding: Option<forwarding::CallForwarding>,
 }
 
 impl CallResult {
@@ -235,6 +243,8 @@ pub struct Report {
     pub integrity: Option<IntegrityTotals>,
     /// What the built-in mock Deepgram did (`--mock-deepgram`).
     pub mock_deepgram: Option<mock_deepgram::MockSummary>,
+    /// Forwarding lag to the mock Deepgram, frame by frame (`--mock-deepgram`).
+    pub forwarding: Option<forwarding::Forwarding>,
     pub results: Vec<CallResult>,
 }
 
@@ -253,6 +263,9 @@ impl Report {
         out += &format!("  connect        {}\n", self.connect_ms);
         out += &format!("  call started   {}\n", self.started_ms);
         out += &format!("  send lag       {}\n", self.send_lag_ms);
+        if let Some(forwarding) = &self.forwarding {
+            out += &forwarding.summary_lines();
+        }
         out += &format!("  final latency  {}\n", self.final_latency_ms);
         out += &format!(
             "  frames sent {}, finals {}, close codes {:?}\n",
@@ -373,6 +386,9 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         .build()?;
     let mut report = runtime.block_on(run_async(&args, audio, seed))?;
     report.mock_deepgram = mock.as_ref().map(|m| m.summary());
+    report.forwarding = mock
+        .as_ref()
+        .map(|m| forwarding::measure(&mut report.results, m.arrivals()));
     drop(mock);
     if let (Some(token), false) = (&args.api_token, args.no_verify) {
         eprintln!("verifying {} calls through the API…", report.results.len());
@@ -521,6 +537,7 @@ async fn run_async(args: &LoadgenArgs, audio: Bytes, seed: u64) -> anyhow::Resul
         end_paths: chaos::count_paths(results.iter().filter_map(|r| r.end_path.as_ref())),
         integrity: None,
         mock_deepgram: None,
+        forwarding: None,
         results,
     };
     for r in &report.results {
@@ -719,6 +736,7 @@ async fn one_call(plan: &CallPlan, progress: &Progress, index: u64) -> CallResul
     let frames = end.map_or(frames, |e| e.frames);
     let clip_frames = plan.frames.clip_frames().max(1);
     let start = Instant::now();
+    result.audio_start = Some(start);
     if result.errors.is_empty() {
         result.send_lag_us.reserve(frames as usize);
         for k in 0..frames {
