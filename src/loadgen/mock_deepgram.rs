@@ -280,7 +280,11 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
             }
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(tcp, callback).await;
+    // Small read buffers: thousands of streams, each with tungstenite's default 128 KiB zeroed
+    // before every read, would make the mock the bottleneck of the run it measures.
+    let config = crate::stt::deepgram::ws_config();
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await;
     let (ws, params) = match (handshake, admitted) {
         (Ok(ws), Some(params)) => (ws, params),
         _ => {

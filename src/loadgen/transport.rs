@@ -192,7 +192,11 @@ async fn connect_ws(
     // socket (the generic socket's events), adding ~20 ms to the forwarding lag it measures.
     match tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(request, None, true),
+        tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(crate::stt::deepgram::ws_config()),
+            true,
+        ),
     )
     .await
     {
