@@ -158,6 +158,8 @@ pub struct CallActor {
     stt_mailbox: super::mailbox::Depth,
     /// Replay-buffer bytes of this call's STT actors.
     replay_bytes: super::mailbox::Bytes,
+    /// Finals each speaker's transcript buffer has assembled (from its partial updates).
+    finals_assembled: std::collections::HashMap<String, u32>,
     /// This actor in `callengine_actors{kind="call"}` (undone on drop).
     live: prometheus_client::metrics::gauge::Gauge,
     /// Counted in `calls_active` (undone exactly once at the end).
@@ -226,6 +228,7 @@ impl CallActor {
             frames_lost,
             stt_mailbox,
             replay_bytes,
+            finals_assembled: std::collections::HashMap::new(),
             live,
             active_gauge: None,
             span,
@@ -843,8 +846,14 @@ impl Handler<PartialUpdate> for CallActor {
     fn handle(&mut self, msg: PartialUpdate, _ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
         // The number this turn should get: a hint (another writer of the call may take it
-        // first); the `final` carries the number the database gave.
-        let expected = self.counters.last_seq + 1 + self.counters.unsent_turns as i32;
+        // first); the `final` carries the number the database gave. Finals this call assembled
+        // but the database has not acknowledged yet come before it.
+        self.finals_assembled
+            .insert(msg.speaker.clone(), msg.finals);
+        let assembled: u32 = self.finals_assembled.values().sum();
+        let pending = i64::from(assembled) - self.counters.turns as i64;
+        let expected =
+            (i64::from(self.counters.last_seq) + 1 + pending.max(0)).max(i64::from(assembled) + 1);
         self.send_event(json!({
             "type": "partial", "seq": expected, "speaker": msg.speaker, "text": msg.text,
         }));

@@ -21,6 +21,8 @@ pub struct Transcribed(pub SttEvent);
 pub struct PartialUpdate {
     pub speaker: String,
     pub text: String,
+    /// Finals this buffer has handed to the persister so far (for the partial's number hint).
+    pub finals: u32,
 }
 
 /// End of call: hand over the pending partial (as a non-final turn) and stop.
@@ -35,6 +37,7 @@ pub struct TranscriptBuffer {
     call: Recipient<PartialUpdate>,
     timer: Option<SpawnHandle>,
     flushed: bool,
+    finals: u32,
 }
 
 impl TranscriptBuffer {
@@ -51,19 +54,25 @@ impl TranscriptBuffer {
             call,
             timer: None,
             flushed: false,
+            finals: 0,
         }
     }
 
     fn dispatch(&mut self, output: Option<AssemblerOutput>) {
         match output {
-            Some(AssemblerOutput::Partial { speaker, text }) => {
-                self.call.do_send(PartialUpdate { speaker, text })
-            }
-            // Transcript events are never dropped: do_send ignores mailbox limits.
-            Some(AssemblerOutput::Final(turn)) => self.persister.do_send(PersistTurn {
-                turn,
-                assembled_at: crate::clock::now(),
+            Some(AssemblerOutput::Partial { speaker, text }) => self.call.do_send(PartialUpdate {
+                speaker,
+                text,
+                finals: self.finals,
             }),
+            // Transcript events are never dropped: do_send ignores mailbox limits.
+            Some(AssemblerOutput::Final(turn)) => {
+                self.finals += 1;
+                self.persister.do_send(PersistTurn {
+                    turn,
+                    assembled_at: crate::clock::now(),
+                })
+            }
             None => {}
         }
     }
