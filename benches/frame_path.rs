@@ -149,6 +149,7 @@ fn frame_to_stt(c: &mut Criterion) {
                     stt.send(SttAudio {
                         pcm: frame.clone(),
                         millis,
+                        source: None,
                     })
                     .await
                     .unwrap();
@@ -346,6 +347,7 @@ fn call_actor_to_provider(c: &mut Criterion) {
                         .send(MediaEvent::Audio {
                             channel: 0,
                             pcm: frame.clone(),
+                            source: None,
                         })
                         .unwrap();
                     while received.load(Ordering::Acquire) < target {

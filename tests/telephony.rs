@@ -821,3 +821,71 @@ async fn an_audiosocket_session_links_to_a_call_registered_with_its_uuid() {
     assert_eq!(turns(&app, &call).await.len(), 2);
     app.stop().await;
 }
+
+/// Issue 15: an 8 kHz μ-law call keeps its replay audio as the carrier sent it (160 bytes per
+/// 20 ms instead of 640), and an STT reconnect replays it re-normalised: no turn lost or
+/// repeated.
+#[actix_web::test]
+async fn twilio_replay_audio_is_kept_as_mulaw_and_replays_whole() {
+    let app = app(
+        Backend::Sqlite,
+        &[
+            ("CALLENGINE_STT__SCRIPTED__MODE", "fixed"),
+            ("CALLENGINE_STT__SCRIPTED__FAIL_SESSIONS", "1"),
+            ("CALLENGINE_STT__SCRIPTED__FAIL_AFTER_MS", "500"),
+        ],
+    )
+    .await;
+    let tenant_id = tenant(&app, Some(TOKEN), false, None).await;
+    let call_sid = format!("CA{}", Uuid::new_v4().simple());
+    let mut ws = connect(app.port, "/ws/twilio", &[]).await;
+    ws.send(Message::Text(
+        twilio_start(&call_sid, tenant_id, TOKEN).into(),
+    ))
+    .await
+    .unwrap();
+    // 300 ms: one scripted turn (200 ms) acknowledged, 100 ms held for a replay.
+    let tone: Vec<i16> = (0..8_000)
+        .map(|i| if i % 16 < 8 { 3_000 } else { -3_000 })
+        .collect();
+    let mut sequence = twilio_stream(&mut ws, &tone[..2_400], false, 2).await;
+    let mut held = None;
+    for _ in 0..100 {
+        let (_, live) =
+            common::http_request(app.port, "GET", "/api/v1/calls", Some(common::voice::TOKEN))
+                .await;
+        let live: serde_json::Value = serde_json::from_str(&live).unwrap();
+        held = live["calls"][0]["replay_bytes"].as_i64();
+        if held == Some(800) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, Some(800), "5 μ-law packets of 160 bytes, not 5 × 640");
+    // The rest of a second: the first STT stream fails at 500 ms and the replay carries on.
+    for chunk in tone[2_400..].chunks(160) {
+        let payload: Vec<u8> = chunk.iter().map(|s| mulaw(*s)).collect();
+        let message = twilio_media(sequence, sequence, &payload);
+        ws.send(Message::Text(message.into())).await.unwrap();
+        sequence += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stop = serde_json::json!({"event":"stop","sequenceNumber": sequence.to_string(),
+        "streamSid":"MZ00","stop":{"accountSid":"AC00","callSid": call_sid}});
+    ws.send(Message::Text(stop.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(close_of(&mut ws).await.map(|c| c.0), Some(1000));
+    let call = ended_call(&app, &call_sid).await;
+    let finals: Vec<(i32, String, bool)> = turns(&app, &call)
+        .await
+        .into_iter()
+        .filter(|t| t.2)
+        .collect();
+    assert_eq!(
+        finals.iter().map(|t| t.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "one second is five scripted turns, none lost or repeated across the reconnect"
+    );
+    app.stop().await;
+}

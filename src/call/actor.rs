@@ -466,7 +466,12 @@ impl CallActor {
         ctx.stop();
     }
 
-    fn on_audio(&mut self, channel: usize, pcm: bytes::Bytes) {
+    fn on_audio(
+        &mut self,
+        channel: usize,
+        pcm: bytes::Bytes,
+        source: Option<crate::media::SourceAudio>,
+    ) {
         if self.phase != Phase::Live {
             return;
         }
@@ -488,10 +493,14 @@ impl CallActor {
                 recorder.push(pcm.clone());
             }
         }
-        let delivered = self
-            .stt
-            .get(channel)
-            .is_some_and(|stt| stt.try_send(SttAudio { pcm, millis }).is_ok());
+        let delivered = self.stt.get(channel).is_some_and(|stt| {
+            stt.try_send(SttAudio {
+                pcm,
+                millis,
+                source,
+            })
+            .is_ok()
+        });
         if delivered {
             self.stt_mailbox.sent();
             self.frames_ok.inc();
@@ -503,7 +512,11 @@ impl CallActor {
 
     fn on_media(&mut self, event: MediaEvent, ctx: &mut Context<Self>) {
         match event {
-            MediaEvent::Audio { channel, pcm } => self.on_audio(channel, pcm),
+            MediaEvent::Audio {
+                channel,
+                pcm,
+                source,
+            } => self.on_audio(channel, pcm, source),
             MediaEvent::Invalid(reason) => {
                 self.counters.frames_in += 1;
                 self.counters.frames_invalid += 1;

@@ -252,9 +252,13 @@ async fn read_loop(
                     }
                     let mut frames = Vec::new();
                     if let Some(n) = normalizer.as_mut() {
-                        n.push_bytes(&bytes::Bytes::from(pcm), |channel, pcm| {
-                            frames.push(MediaEvent::Audio { channel, pcm })
-                        });
+                        for (channel, pcm, source) in n.push_events(&bytes::Bytes::from(pcm)) {
+                            frames.push(MediaEvent::Audio {
+                                channel,
+                                pcm,
+                                source,
+                            });
+                        }
                     }
                     for frame in frames {
                         if !send(&events, frame).await {

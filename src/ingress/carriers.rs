@@ -145,11 +145,15 @@ fn redact_token(mut metadata: Value) -> Value {
 
 /// Turns normalised frames into audio events.
 fn audio_events(normalizer: &mut Normalizer, payload: &bytes::Bytes) -> Vec<MediaEvent> {
-    let mut events = Vec::with_capacity(2);
-    normalizer.push_bytes(payload, |channel, pcm| {
-        events.push(MediaEvent::Audio { channel, pcm })
-    });
-    events
+    normalizer
+        .push_events(payload)
+        .into_iter()
+        .map(|(channel, pcm, source)| MediaEvent::Audio {
+            channel,
+            pcm,
+            source,
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

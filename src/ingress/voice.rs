@@ -67,7 +67,11 @@ pub async fn voice_ws(
 fn translate(data: WsData) -> Vec<MediaEvent> {
     match data {
         WsData::Binary(pcm) => match validate_frame(PcmFormat::WIDEBAND, &pcm) {
-            Ok(_) => vec![MediaEvent::Audio { channel: 0, pcm }],
+            Ok(_) => vec![MediaEvent::Audio {
+                channel: 0,
+                pcm,
+                source: None,
+            }],
             Err(reason) => vec![MediaEvent::Invalid(reason.to_string())],
         },
         WsData::Text(text) => {

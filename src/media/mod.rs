@@ -16,11 +16,25 @@ use futures_util::stream::LocalBoxStream;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+/// A carrier's own encoding of one stretch of mono audio: re-normalised if it must be sent
+/// again (a replay after an STT reconnect), a quarter of the 16 kHz PCM for 8 kHz G.711.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceAudio {
+    pub format: normalize::AudioFormat,
+    pub bytes: Bytes,
+}
+
 /// What a transport tells a call, already protocol-blind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
     /// 20 ms (or a multiple) of s16le mono 16 kHz audio on `channel` (0, or 0/1 for stereo).
-    Audio { channel: usize, pcm: Bytes },
+    /// `source`: the carrier's own bytes for exactly this audio, when they are smaller (μ-law,
+    /// A-law, 8 kHz L16) — kept instead of the PCM in the STT replay buffer.
+    Audio {
+        channel: usize,
+        pcm: Bytes,
+        source: Option<SourceAudio>,
+    },
     /// Audio that cannot be used (wrong size, bad encoding…): counted and skipped.
     Invalid(String),
     /// Messages lost in transit (sequence-number gap).

@@ -102,6 +102,38 @@ impl Normalizer {
         self.format
     }
 
+    /// Nothing held back: no partial sample frame, no partial 16 kHz frame.
+    pub fn is_aligned(&self) -> bool {
+        self.carry.is_empty() && self.channels.iter().all(|c| c.pending.is_empty())
+    }
+
+    /// Whether the carrier's bytes are worth keeping instead of the 16 kHz PCM for a replay:
+    /// mono, smaller than the PCM, and at a rate whose 20 ms chunks map to whole 16 kHz frames.
+    pub fn keeps_source(&self) -> bool {
+        let f = self.format;
+        f.channels == 1
+            && f.sample_rate == 8_000
+            && matches!(f.encoding, Encoding::Mulaw | Encoding::Alaw | Encoding::L16)
+    }
+
+    /// Feeds one payload and returns its frames; a payload that became exactly one frame with
+    /// nothing held back before or after carries its own bytes as the frame's `source`.
+    pub fn push_events(
+        &mut self,
+        payload: &Bytes,
+    ) -> Vec<(usize, Bytes, Option<super::SourceAudio>)> {
+        let aligned = self.is_aligned();
+        let mut frames = Vec::with_capacity(2);
+        self.push_bytes(payload, |channel, pcm| frames.push((channel, pcm, None)));
+        if aligned && frames.len() == 1 && self.keeps_source() && self.is_aligned() {
+            frames[0].2 = Some(super::SourceAudio {
+                format: self.format,
+                bytes: payload.clone(),
+            });
+        }
+        frames
+    }
+
     /// Feeds one payload held in `Bytes`: like [`Normalizer::push`], but audio that already is
     /// 16 kHz mono L16 in whole frames (Vonage 16 kHz, audio_fork 16 kHz, AudioSocket 0x12) is
     /// handed on as zero-copy slices of the payload — no decode, no resampling, no copy.
@@ -219,6 +251,32 @@ mod tests {
         assert_eq!(out.len(), 2);
         let joined: Vec<u8> = out.iter().flat_map(|(_, f)| f.to_vec()).collect();
         assert_eq!(&joined[..], &payload[640..1_920]);
+    }
+
+    #[test]
+    fn a_whole_narrowband_packet_keeps_its_own_bytes_for_replays() {
+        let format = AudioFormat {
+            encoding: Encoding::Mulaw,
+            sample_rate: 8_000,
+            channels: 1,
+        };
+        let mut n = Normalizer::new(format).unwrap();
+        let packet = Bytes::from(vec![0x80u8; 160]);
+        let frames = n.push_events(&packet);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].2.as_ref().map(|s| s.bytes.clone()), Some(packet));
+        // A packet that is not a whole frame keeps nothing (its audio spans two frames).
+        let odd = n.push_events(&Bytes::from(vec![0x80u8; 100]));
+        assert!(odd.iter().all(|f| f.2.is_none()));
+        // Wideband PCM is not smaller than itself: nothing kept.
+        let wide = AudioFormat {
+            encoding: Encoding::L16,
+            sample_rate: 16_000,
+            channels: 1,
+        };
+        let mut n = Normalizer::new(wide).unwrap();
+        let frames = n.push_events(&Bytes::from(vec![0u8; 640]));
+        assert!(frames[0].2.is_none());
     }
 
     #[test]

@@ -26,6 +26,24 @@ use crate::transcript::buffer::{Transcribed, TranscriptBuffer};
 pub struct SttAudio {
     pub pcm: Bytes,
     pub millis: u32,
+    /// The carrier's own bytes for this audio, kept for a replay instead of the PCM.
+    pub source: Option<crate::media::SourceAudio>,
+}
+
+/// Audio held for a replay: the 16 kHz PCM, or the carrier's smaller encoding of it.
+#[derive(Debug, Clone)]
+enum Held {
+    Pcm(Bytes),
+    Source(crate::media::SourceAudio),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Self::Pcm(pcm) => pcm.len(),
+            Self::Source(source) => source.bytes.len(),
+        }
+    }
 }
 
 /// End of call: ask the provider for its last results and wait for them (bounded).
@@ -115,7 +133,7 @@ pub struct SttActor {
     restarts: u32,
     audio: Option<mpsc::Sender<SttInput>>,
     /// Audio since the end of the last final: `(call offset ms, duration ms, pcm)`.
-    replay: VecDeque<(i64, i64, Bytes)>,
+    replay: VecDeque<(i64, i64, Held)>,
     replay_ms: i64,
     next_offset_ms: i64,
     dropped_frames: u64,
@@ -205,15 +223,35 @@ impl SttActor {
         );
     }
 
-    /// Sends everything in the replay buffer to a fresh stream.
+    /// Sends everything in the replay buffer to a fresh stream. Audio kept in the carrier's
+    /// encoding goes through a fresh normaliser (primed: one 20 ms packet is one 20 ms frame).
     fn replay_buffered(&mut self) {
-        let chunks: Vec<(i64, Bytes)> = self
+        let held: Vec<(i64, Held)> = self
             .replay
             .iter()
-            .map(|(offset, _, pcm)| (*offset, pcm.clone()))
+            .map(|(offset, _, held)| (*offset, held.clone()))
             .collect();
-        for (offset_ms, pcm) in chunks {
-            self.forward(pcm, offset_ms);
+        let mut normalizer: Option<crate::media::normalize::Normalizer> = None;
+        for (offset_ms, held) in held {
+            match held {
+                Held::Pcm(pcm) => self.forward(pcm, offset_ms),
+                Held::Source(source) => {
+                    if normalizer.as_ref().map(|n| n.format()) != Some(source.format) {
+                        normalizer = crate::media::normalize::Normalizer::new(source.format).ok();
+                    }
+                    let Some(n) = normalizer.as_mut() else {
+                        continue;
+                    };
+                    let mut frames = Vec::with_capacity(1);
+                    n.push(&source.bytes, |_, pcm| frames.push(pcm));
+                    let mut at = offset_ms;
+                    for pcm in frames {
+                        let millis = (pcm.len() / 32) as i64;
+                        self.forward(pcm, at);
+                        at += millis;
+                    }
+                }
+            }
         }
     }
 
@@ -239,8 +277,8 @@ impl SttActor {
                 break;
             }
             self.replay_ms -= millis;
-            if let Some((_, _, pcm)) = self.replay.pop_front() {
-                self.links.replay_bytes.add(-(pcm.len() as i64));
+            if let Some((_, _, held)) = self.replay.pop_front() {
+                self.links.replay_bytes.add(-(held.len() as i64));
             }
         }
     }
@@ -334,13 +372,17 @@ impl Handler<SttAudio> for SttActor {
         let offset_ms = self.next_offset_ms;
         let millis = i64::from(msg.millis);
         self.next_offset_ms += millis;
-        self.links.replay_bytes.add(msg.pcm.len() as i64);
-        self.replay.push_back((offset_ms, millis, msg.pcm.clone()));
+        let held = match msg.source {
+            Some(source) => Held::Source(source),
+            None => Held::Pcm(msg.pcm.clone()),
+        };
+        self.links.replay_bytes.add(held.len() as i64);
+        self.replay.push_back((offset_ms, millis, held));
         self.replay_ms += millis;
         while self.replay_ms > self.policy.replay_buffer_ms {
-            if let Some((_, dropped, pcm)) = self.replay.pop_front() {
+            if let Some((_, dropped, held)) = self.replay.pop_front() {
                 self.replay_ms -= dropped;
-                self.links.replay_bytes.add(-(pcm.len() as i64));
+                self.links.replay_bytes.add(-(held.len() as i64));
             }
         }
         if self.state == SttState::Streaming {
@@ -398,7 +440,7 @@ impl SttActor {
 
     /// Empties the replay buffer, taking its bytes out of the count.
     fn clear_replay(&mut self) {
-        let held: usize = self.replay.drain(..).map(|(_, _, pcm)| pcm.len()).sum();
+        let held: usize = self.replay.drain(..).map(|(_, _, held)| held.len()).sum();
         self.links.replay_bytes.add(-(held as i64));
         self.replay_ms = 0;
     }
