@@ -13,6 +13,7 @@ on_both_backends!(
     linking_starts_a_registered_call_at_its_first_audio,
     a_sip_call_id_is_accepted_and_stored_verbatim,
     an_api_registered_call_is_registered_until_media_links,
+    a_recording_announced_in_progress_holds_the_job_until_it_completes,
 );
 
 fn registration(tenant_id: Uuid, registered_at: chrono::DateTime<Utc>) -> NewCall {
@@ -215,4 +216,86 @@ async fn http_request_json(port: u16, path: &str, body: &str) -> (u16, serde_jso
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
+}
+
+/// A carrier that announces a recording in progress (Twilio's `in-progress` callback) makes the
+/// call's post-call job wait after the call ends; the `completed` callback wakes it.
+async fn a_recording_announced_in_progress_holds_the_job_until_it_completes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let tenant = db
+        .store
+        .insert_tenant(&NewTenant {
+            name: format!("rec-{}", Uuid::new_v4()),
+            ..NewTenant::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let sid = format!("CA{}", Uuid::new_v4().simple());
+    let (call, _) = db
+        .store
+        .create_or_link_call(&NewCall {
+            protocol: Protocol::Twilio,
+            external_id: Some(sid.clone()),
+            ..registration(tenant, Utc::now())
+        })
+        .await
+        .unwrap();
+    let callback = |status: &str, url: Option<&str>| RecordingUpdate {
+        external_id: sid.clone(),
+        protocol: Protocol::Twilio,
+        recording_id: "RE1".into(),
+        recording_url: url.map(str::to_string),
+        status: status.into(),
+        duration_secs: None,
+        tenant_id: tenant,
+        phone_number: None,
+    };
+    db.store
+        .record_recording(&callback("in-progress", None))
+        .await
+        .unwrap();
+    assert!(
+        db.store
+            .get_call(call.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .recording_expected
+    );
+    let ended = Utc::now();
+    db.store
+        .complete_call(
+            call.id,
+            &CallCompletion {
+                status: CallStatus::Completed,
+                ended_at: ended,
+                end_reason: "caller_hangup".into(),
+                pending_partial: None,
+                dtmf: None,
+                recording_url: None,
+            },
+        )
+        .await
+        .unwrap();
+    let row = db.store.get_call(call.id).await.unwrap().unwrap();
+    assert_eq!(row.postcall_status.as_deref(), Some(POSTCALL_WAITING));
+    let job = &db.store.list_jobs_for_call(call.id).await.unwrap()[0];
+    assert!(
+        job.run_at > Utc::now() + Duration::seconds(60),
+        "held for postcall.recording_wait_secs: due {}",
+        job.run_at
+    );
+    let outcome = db
+        .store
+        .record_recording(&callback(
+            "completed",
+            Some("https://api.twilio.com/RE1.wav"),
+        ))
+        .await
+        .unwrap();
+    assert!(outcome.job_enqueued, "the waiting job was woken");
+    let job = &db.store.list_jobs_for_call(call.id).await.unwrap()[0];
+    assert!(job.run_at <= Utc::now(), "due now: {}", job.run_at);
+    db.cleanup().await;
 }
