@@ -240,10 +240,14 @@ impl Store {
                     (CallRow { started_at: started, ..live }, false)
                 } else {
                     // A conversation whose call has ended takes no more turns (no second call).
+                    // Only ended rows count: under READ COMMITTED a concurrent post's new live
+                    // call can be visible here; then the insert below meets the live-call unique
+                    // index and the post is retried, finding that call.
                     let ended: Option<(DbUuid, String)> = calls::table
                         .filter(calls::tenant_id.eq(tenant))
                         .filter(calls::external_id.eq(conversation))
                         .filter(calls::protocol.eq(turn.protocol.as_str()))
+                        .filter(calls::status.ne_all(LIVE_STATUSES))
                         .select((calls::id, calls::status))
                         .first(conn)
                         .await
