@@ -31,6 +31,18 @@ fn registration(tenant_id: Uuid, registered_at: chrono::DateTime<Utc>) -> NewCal
     }
 }
 
+/// The caller hung up at `ended`.
+fn hung_up_at(ended: chrono::DateTime<Utc>) -> CallCompletion {
+    CallCompletion {
+        status: CallStatus::Completed,
+        ended_at: ended,
+        end_reason: "caller_hangup".into(),
+        pending_partial: None,
+        dtmf: None,
+        recording_url: None,
+    }
+}
+
 /// Finding 4: a node restart sweeps its live calls, but a registered call never started: it
 /// stays registered, with no post-call job and so no webhook.
 async fn a_registered_call_is_not_interrupted_by_a_restart(backend: Backend) {
@@ -139,14 +151,7 @@ async fn linking_starts_a_registered_call_at_its_first_audio(backend: Backend) {
     let done = other_node
         .complete_call(
             call.id,
-            &CallCompletion {
-                status: CallStatus::Completed,
-                ended_at: first_audio + Duration::milliseconds(4_500),
-                end_reason: "caller_hangup".into(),
-                pending_partial: None,
-                dtmf: None,
-                recording_url: None,
-            },
+            &hung_up_at(first_audio + Duration::milliseconds(4_500)),
         )
         .await
         .unwrap();
@@ -265,17 +270,7 @@ async fn a_recording_announced_in_progress_holds_the_job_until_it_completes(back
     );
     let ended = Utc::now();
     db.store
-        .complete_call(
-            call.id,
-            &CallCompletion {
-                status: CallStatus::Completed,
-                ended_at: ended,
-                end_reason: "caller_hangup".into(),
-                pending_partial: None,
-                dtmf: None,
-                recording_url: None,
-            },
-        )
+        .complete_call(call.id, &hung_up_at(ended))
         .await
         .unwrap();
     let row = db.store.get_call(call.id).await.unwrap().unwrap();
