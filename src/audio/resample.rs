@@ -126,15 +126,22 @@ impl StreamResampler {
 
     /// Feeds s16 samples; returns the output samples now complete.
     pub fn process(&mut self, input: &[i16]) -> Vec<i16> {
+        let mut out = Vec::with_capacity(input.len() * self.up as usize / self.down as usize + 2);
+        self.process_into(input, &mut out);
+        out
+    }
+
+    /// Like [`StreamResampler::process`], appending to `out` (a buffer the caller reuses).
+    pub fn process_into(&mut self, input: &[i16], out: &mut Vec<i16>) {
         if self.up == 1 && self.down == 1 {
-            return input.to_vec();
+            out.extend_from_slice(input);
+            return;
         }
         self.history
             .extend(input.iter().map(|s| f32::from(*s) / 32_768.0));
         // `history[0]` is absolute input index `base - reach` (the left padding counts).
         let first = self.base as i64 - self.reach;
         let available_end = first + self.history.len() as i64;
-        let mut out = Vec::with_capacity(input.len() * self.up as usize / self.down as usize + 2);
         loop {
             let position = self.next_out * self.down;
             let whole = (position / self.up) as i64;
@@ -154,7 +161,6 @@ impl StreamResampler {
         let drop = (next_start - first).clamp(0, self.history.len() as i64) as usize;
         self.history.drain(..drop);
         self.base = (first + drop as i64 + self.reach) as u64;
-        out
     }
 }
 

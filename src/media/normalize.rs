@@ -64,6 +64,8 @@ pub struct Normalizer {
     carry: Vec<u8>,
     channels: Vec<Channel>,
     samples: Vec<i16>,
+    /// The resampler's output, reused from payload to payload.
+    wide: Vec<i16>,
 }
 
 impl Normalizer {
@@ -94,6 +96,7 @@ impl Normalizer {
             carry: Vec::new(),
             channels,
             samples: Vec::new(),
+            wide: Vec::new(),
         })
     }
 
@@ -184,10 +187,13 @@ impl Normalizer {
                         .map(|f| g711::ALAW[f[index] as usize]),
                 ),
             }
-            let wide = channel.resampler.process(&self.samples);
-            for s in wide {
-                channel.pending.extend_from_slice(&s.to_le_bytes());
-            }
+            self.wide.clear();
+            channel
+                .resampler
+                .process_into(&self.samples, &mut self.wide);
+            channel
+                .pending
+                .extend(self.wide.iter().flat_map(|s| s.to_le_bytes()));
             let frames = channel.pending.len() / FRAME_16K;
             if frames > 0 {
                 let cut = frames * FRAME_16K;

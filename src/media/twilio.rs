@@ -59,16 +59,83 @@ fn text(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_string()
 }
 
+/// A number that may arrive as a string; anything else (or a string that is not a number) is
+/// `None`, as the carriers' own fields are advisory. Borrowed: no allocation on the media path.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lenient(Option<u64>);
+
+impl<'de> Deserialize<'de> for Lenient {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Lenient;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a numeric string")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Lenient, E> {
+                Ok(Lenient(Some(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Lenient, E> {
+                Ok(Lenient(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Lenient, E> {
+                Ok(Lenient(v.trim().parse().ok()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Lenient, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Lenient, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Lenient(None))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
+/// `media` of a media message, read in place: the payload is borrowed from the message text
+/// (base64 has no escapes), so a frame costs one allocation, its decoded bytes.
+#[derive(Deserialize, Default)]
+struct MediaBody<'a> {
+    #[serde(borrow, default)]
+    payload: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    track: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    chunk: Lenient,
+    #[serde(default)]
+    timestamp: Lenient,
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
     event: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, rename = "sequenceNumber")]
-    sequence_number: Value,
+    sequence_number: Lenient,
     #[serde(default)]
     start: Value,
-    #[serde(default)]
-    media: Value,
+    #[serde(borrow, default)]
+    media: Option<MediaBody<'a>>,
     #[serde(default)]
     dtmf: Value,
     #[serde(default)]
@@ -115,18 +182,18 @@ pub fn parse(message: &str) -> Result<TwilioMessage, String> {
             }))
         }
         "media" => {
-            let m = &envelope.media;
-            let payload = m["payload"]
-                .as_str()
-                .ok_or("Twilio media without media.payload")?;
+            let m = envelope.media.unwrap_or_default();
+            let payload = m.payload.ok_or("Twilio media without media.payload")?;
             let payload = base64::engine::general_purpose::STANDARD
-                .decode(payload)
+                .decode(payload.as_bytes())
                 .map_err(|e| format!("Twilio media payload is not base64: {e}"))?;
             TwilioMessage::Media {
-                sequence: number(&envelope.sequence_number),
-                chunk: number(&m["chunk"]),
-                timestamp_ms: number(&m["timestamp"]),
-                track: m["track"].as_str().unwrap_or("inbound").to_string(),
+                sequence: envelope.sequence_number.0,
+                chunk: m.chunk.0,
+                timestamp_ms: m.timestamp.0,
+                track: m
+                    .track
+                    .map_or_else(|| "inbound".into(), |t| t.chars().take(40).collect()),
                 payload,
             }
         }
@@ -229,6 +296,33 @@ mod tests {
             parse(r#"{"event":"surprise"}"#),
             Ok(TwilioMessage::Other("surprise".into()))
         );
+    }
+
+    #[test]
+    fn media_fields_are_read_leniently_and_bounded() {
+        // Escaped slashes are valid JSON inside the base64; numbers may come as numbers.
+        let m = r#"{"event":"media","sequenceNumber":7,"media":{"chunk":3,"timestamp":"x","payload":"\/\/79"}}"#;
+        assert_eq!(
+            parse(m),
+            Ok(TwilioMessage::Media {
+                sequence: Some(7),
+                chunk: Some(3),
+                timestamp_ms: None,
+                track: "inbound".into(),
+                payload: vec![0xFF, 0xFE, 0xFD],
+            })
+        );
+        let long = format!(
+            r#"{{"event":"media","sequenceNumber":[1],"media":{{"track":"{}","payload":""}}}}"#,
+            "o".repeat(5_000)
+        );
+        let Ok(TwilioMessage::Media {
+            track, sequence, ..
+        }) = parse(&long)
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!((track.len(), sequence), (40, None));
     }
 
     #[test]
