@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use callengine::audio::pcm::{validate_frame, PcmFormat};
-use callengine::persist::PersistTurn;
 use callengine::stt::actor::{SttActor, SttAudio, SttGaveUp, SttLinks, SttPolicy, SttStatus};
 use callengine::stt::{StreamConfig, SttEvent, SttFailure, SttProvider, SttSession};
 use callengine::transcript::assembler::TurnAssembler;
+use callengine::transcript::buffer::PersistTurn;
 use callengine::transcript::buffer::{PartialUpdate, TranscriptBuffer};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::future::LocalBoxFuture;
@@ -264,7 +264,7 @@ fn call_actor_to_provider(c: &mut Criterion) {
     use callengine::call::registry::CallRegistry;
     use callengine::call::{CallDeps, SttProviders};
     use callengine::media::{MediaEvent, MediaInput};
-    use callengine::store::{NewTenant, Protocol, Store, StoreOptions};
+    use callengine::store::{NewTenant, Protocol, Store};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let system = actix::System::new();
@@ -287,7 +287,7 @@ fn call_actor_to_provider(c: &mut Criterion) {
         )
         .unwrap();
         let url = settings.database_url().unwrap();
-        let store = Store::connect(&url, StoreOptions::from_settings(&settings)).unwrap();
+        let store = Store::connect(&url, settings.store_options()).unwrap();
         callengine::app::migrate_with_retry(&store, &url, Duration::from_secs(10))
             .await
             .unwrap();
@@ -303,10 +303,12 @@ fn call_actor_to_provider(c: &mut Criterion) {
             opened: opened.clone(),
         });
         let deps = Arc::new(CallDeps::new(
-            &settings,
+            &settings.stt,
+            &settings.calls,
+            &settings.data_dir,
             store,
             SttProviders::new(provider, Vec::new()),
-            CallRegistry::default().start(),
+            CallRegistry::roster(&CallRegistry::default().start()),
             actix::Arbiter::new().handle(),
         ));
         let (media, rx) = mpsc::unbounded_channel::<MediaEvent>();

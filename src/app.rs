@@ -14,14 +14,15 @@ use actix::{Actor, Addr, Arbiter};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
+use crate::call::limits::HandshakeSlots;
 use crate::call::registry::{CallRegistry, Drain};
 use crate::call::{CallDeps, SttProviders};
-use crate::config::{ConfigError, Secret, Settings};
-use crate::ingress::admission::HandshakeSlots;
+use crate::config::{ConfigError, Settings};
 use crate::ingress::audiosocket::AudioSocketListener;
 use crate::ingress::{carriers, voice};
-use crate::ops::metrics::{self, Metrics};
-use crate::ops::{api, health};
+use crate::metrics::Metrics;
+use crate::ops::{api, health, metrics};
+pub use crate::state::AppState;
 use crate::store::{DatabaseUrl, Store, StoreError, StoreOptions};
 use crate::stt::deepgram::{DeepgramApi, DeepgramProvider};
 use crate::stt::scripted::ScriptedProvider;
@@ -44,48 +45,6 @@ pub enum StartError {
         context: String,
         source: std::io::Error,
     },
-}
-
-/// State shared by all HTTP workers. Read-only apart from the draining flag.
-pub struct AppState {
-    /// The database.
-    pub store: Store,
-    /// This node's id.
-    pub node_id: String,
-    /// Deadline for the readiness probe's query.
-    pub readiness_timeout_ms: u64,
-    /// Everything a call needs (store, STT provider, registry, policies).
-    pub calls: Arc<CallDeps>,
-    /// The live-call registry.
-    pub registry: Addr<CallRegistry>,
-    /// Bearer token of the operator API.
-    pub admin_token: Option<Secret>,
-    /// The node's metrics.
-    pub metrics: Arc<Metrics>,
-    /// Token `/metrics` requires, when set.
-    pub metrics_token: Option<Secret>,
-    /// Live-call limits (node and tenant).
-    pub limiter: Arc<crate::call::limits::CallLimiter>,
-    /// Carrier media settings.
-    pub media: crate::config::MediaSettings,
-    /// Inbound webhook settings.
-    pub webhooks: crate::webhooks::WebhookSettings,
-    /// Every listener is on loopback: the local tenant may be used.
-    pub loopback_only: bool,
-    /// Media sockets in their handshake, bounded over the node.
-    pub handshakes: Arc<HandshakeSlots>,
-    /// Limits of every way in.
-    pub ingress: crate::ingress::IngressSettings,
-    /// The policy every outbound request follows.
-    pub egress: crate::egress::EgressPolicy,
-    draining: Arc<AtomicBool>,
-}
-
-impl AppState {
-    /// True once shutdown has begun: the node takes no new work and reports not ready.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
 }
 
 /// A built, bound application, ready to serve.
@@ -181,14 +140,19 @@ impl Application {
         let registry = CallRegistry::default().start();
         let persist_arbiter = Arbiter::new();
         let mut deps = CallDeps::new(
-            &settings,
+            &settings.stt,
+            &settings.calls,
+            &settings.data_dir,
             store.clone(),
             stt,
-            registry.clone(),
+            CallRegistry::roster(&registry),
             persist_arbiter.handle(),
         );
         deps.metrics = metrics.calls.clone();
-        deps.events = crate::call::events::EventBus::from_settings(&settings.api);
+        deps.events = crate::call::events::EventBus::new(
+            settings.api.event_feed_capacity,
+            settings.api.max_event_subscribers_per_token,
+        );
         let calls = Arc::new(deps);
         let state = web::Data::new(AppState {
             store,
@@ -204,10 +168,9 @@ impl Application {
                 settings.media.max_calls_per_tenant,
             ),
             media: settings.media.clone(),
-            webhooks: settings.webhooks.clone(),
+            public_base_url: settings.webhooks.public_base_url.clone(),
             loopback_only,
             handshakes: Arc::new(HandshakeSlots::new(settings.ingress.max_pending_handshakes)),
-            ingress: settings.ingress.clone(),
             egress: crate::egress::EgressPolicy::from_settings(&settings.egress),
             draining: Arc::new(AtomicBool::new(false)),
         });
@@ -238,9 +201,14 @@ impl Application {
         };
         let postcall = start_postcall(&settings, &state.store, state.metrics.postcall.clone())?;
         let shared = state.clone();
+        let inbound = web::Data::new(crate::webhooks::Inbound {
+            settings: settings.webhooks.clone(),
+            body_timeout: Duration::from_millis(settings.ingress.body_timeout_ms),
+        });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
+                .app_data(inbound.clone())
                 .service(health::healthz)
                 .service(health::readyz)
                 .service(health::dashboard)
@@ -399,7 +367,7 @@ async fn ensure_local_tenant(store: &Store) -> Result<(), StartError> {
 
 /// Store options from the settings, with the node key that seals tenant secrets.
 pub fn store_options(settings: &Settings) -> Result<StoreOptions, StartError> {
-    let mut options = StoreOptions::from_settings(settings);
+    let mut options = settings.store_options();
     let key = crate::crypto::resolve_node_key(&settings.security, &settings.data_dir).map_err(
         |message| StartError::Io {
             context: "cannot load the node key".into(),
@@ -438,7 +406,7 @@ pub async fn migrate_with_retry(
 pub fn start_postcall(
     settings: &Settings,
     store: &Store,
-    metrics: crate::ops::metrics::PostcallMetrics,
+    metrics: crate::metrics::PostcallMetrics,
 ) -> Result<Option<crate::postcall::PostcallHandle>, StartError> {
     let p = &settings.postcall;
     if p.workers == 0 && p.webhook_workers == 0 {

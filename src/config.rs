@@ -12,6 +12,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::call::CallSettings;
+pub use crate::media::MediaSettings;
+pub use crate::secret::Secret;
+pub use crate::stt::SttSettings;
+pub use crate::telemetry::LogFormat;
 use serde_json::{Map, Value};
 
 /// Environment variable prefix for settings.
@@ -44,45 +50,6 @@ pub enum ConfigError {
         origin: String,
         message: String,
     },
-}
-
-/// A secret string (database password, tokens): usable, never printed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that must use it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("***")
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Database connection settings.
@@ -123,98 +90,6 @@ impl Default for DatabaseSettings {
     }
 }
 
-/// Call bookkeeping settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CallSettings {
-    /// Cost per second of call time, in micro-units, for tenants without their own rate.
-    pub default_cost_per_second_micros: i64,
-    /// Attempts a post-call job gets before it is marked dead.
-    pub postcall_max_attempts: i32,
-    /// On start-up, active calls of *any* node idle for longer than this are swept to
-    /// `interrupted` (0 disables; calls of this node are always swept).
-    pub stale_call_after_secs: u64,
-    /// A call that receives no audio for this long is ended (`idle_timeout`).
-    pub idle_timeout_secs: u64,
-    /// A partial with no final after this long is promoted to a turn.
-    pub partial_promote_ms: u64,
-    /// How long a call waits for its final flush before closing the socket anyway (the
-    /// persister keeps retrying in the background).
-    pub finish_timeout_secs: u64,
-    /// How long a starting call may wait for its row to be created.
-    pub start_timeout_secs: u64,
-    /// Turns a call may hold unsent while the database is unreachable.
-    pub max_unsent_turns: usize,
-    /// SIGTERM/SIGINT: how long to wait for every call to flush before exiting anyway.
-    pub drain_timeout_secs: u64,
-    /// A call registered with `POST /api/v1/calls` that sees no media or turn for this long
-    /// becomes `expired` (no post-call job, no webhook). 0 disables.
-    pub registered_expiry_secs: u64,
-}
-
-impl Default for CallSettings {
-    fn default() -> Self {
-        Self {
-            default_cost_per_second_micros: 1_000,
-            postcall_max_attempts: 8,
-            stale_call_after_secs: 6 * 3600,
-            idle_timeout_secs: 30,
-            partial_promote_ms: 2_500,
-            finish_timeout_secs: 15,
-            start_timeout_secs: 10,
-            max_unsent_turns: 10_000,
-            drain_timeout_secs: 25,
-            registered_expiry_secs: 24 * 3600,
-        }
-    }
-}
-
-/// Speech-to-text settings (`[stt]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SttSettings {
-    /// Provider: `whisper` (local), `scripted`, `deepgram` (v1 live) or `flux`.
-    pub provider: String,
-    /// Restarts of a call's STT stream allowed per window…
-    pub restart_max: usize,
-    /// …of this many seconds; past it the call ends `failed`.
-    pub restart_window_secs: u64,
-    /// First reconnect delay; doubles per attempt, with ±20 % jitter.
-    pub backoff_initial_ms: u64,
-    /// Longest reconnect delay.
-    pub backoff_max_ms: u64,
-    /// Audio kept for replay after a reconnect (since the last final), at most.
-    pub replay_buffer_ms: u64,
-    /// Audio frames queued towards the provider before frames are dropped (and counted).
-    pub audio_queue_frames: usize,
-    /// How long the end of a call waits for the provider's last results.
-    pub finalize_timeout_ms: u64,
-    /// The scripted provider.
-    pub scripted: crate::stt::scripted::ScriptedSettings,
-    /// Deepgram (v1 live and Flux).
-    pub deepgram: crate::stt::deepgram::DeepgramSettings,
-    /// Local Whisper.
-    pub whisper: crate::stt::whisper::stream::WhisperSettings,
-}
-
-impl Default for SttSettings {
-    fn default() -> Self {
-        Self {
-            provider: "whisper".into(),
-            restart_max: 3,
-            restart_window_secs: 10,
-            backoff_initial_ms: 250,
-            backoff_max_ms: 5_000,
-            replay_buffer_ms: 10_000,
-            audio_queue_frames: 50,
-            finalize_timeout_ms: 3_000,
-            scripted: Default::default(),
-            deepgram: Default::default(),
-            whisper: Default::default(),
-        }
-    }
-}
-
 /// Operator API settings (`[api]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -242,40 +117,6 @@ impl Default for ApiSettings {
             metrics_token: None,
             max_event_subscribers_per_token: crate::call::events::MAX_SUBSCRIBERS_PER_TOKEN,
             event_feed_capacity: crate::call::events::CAPACITY,
-        }
-    }
-}
-
-/// Carrier media endpoints (`[media]`): Vonage, Twilio, audio_fork, AudioSocket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MediaSettings {
-    /// Tenant of carrier calls that name none (UUID; empty: such calls are refused).
-    pub default_tenant_id: String,
-    /// Live calls this node takes at once, over every transport (0: no limit).
-    pub max_calls: usize,
-    /// Live calls per tenant unless the tenant sets its own cap (0: no limit).
-    pub max_calls_per_tenant: usize,
-    /// Time a carrier has to send its first message (start/connected/metadata/UUID).
-    pub handshake_timeout_ms: u64,
-    /// AudioSocket TCP listener, `HOST:PORT`; empty: no listener.
-    pub audiosocket_bind: String,
-    /// Tenant of AudioSocket calls (UUID; required with a listener).
-    pub audiosocket_tenant_id: String,
-    /// Source addresses allowed to open AudioSocket sessions, comma-separated; `*`: any.
-    pub audiosocket_allow: String,
-}
-
-impl Default for MediaSettings {
-    fn default() -> Self {
-        Self {
-            default_tenant_id: String::new(),
-            max_calls: 10_000,
-            max_calls_per_tenant: 0,
-            handshake_timeout_ms: 10_000,
-            audiosocket_bind: String::new(),
-            audiosocket_tenant_id: String::new(),
-            audiosocket_allow: "127.0.0.1,::1".into(),
         }
     }
 }
@@ -356,6 +197,23 @@ fn default_node_id() -> String {
 }
 
 impl Settings {
+    /// The store's options: the `[database]` section with the few call and post-call values
+    /// the store applies to rows it writes.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        let db = &self.database;
+        crate::store::StoreOptions {
+            pool_size: db.pool_size,
+            connect_timeout: std::time::Duration::from_millis(db.connect_timeout_ms),
+            acquire_timeout: std::time::Duration::from_millis(db.acquire_timeout_ms),
+            busy_timeout: std::time::Duration::from_millis(db.busy_timeout_ms),
+            default_cost_per_second_micros: self.calls.default_cost_per_second_micros,
+            postcall_max_attempts: self.calls.postcall_max_attempts,
+            recording_wait: std::time::Duration::from_secs(self.postcall.recording_wait_secs),
+            node_id: self.node_id.clone(),
+            node_key: None,
+        }
+    }
+
     /// Loads settings from the process environment and an optional TOML file.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, std::env::vars())
@@ -647,6 +505,40 @@ fn set_path(tree: &mut Value, path: &[String], raw: &str) -> Result<(), String> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_stores_own_defaults_match_the_default_settings() {
+        let (from_settings, own) = (
+            super::Settings::default().store_options(),
+            crate::store::StoreOptions::default(),
+        );
+        assert_eq!(
+            format!(
+                "{:?}",
+                (
+                    from_settings.pool_size,
+                    from_settings.connect_timeout,
+                    from_settings.acquire_timeout,
+                    from_settings.busy_timeout,
+                    from_settings.default_cost_per_second_micros,
+                    from_settings.postcall_max_attempts,
+                    from_settings.recording_wait
+                )
+            ),
+            format!(
+                "{:?}",
+                (
+                    own.pool_size,
+                    own.connect_timeout,
+                    own.acquire_timeout,
+                    own.busy_timeout,
+                    own.default_cost_per_second_micros,
+                    own.postcall_max_attempts,
+                    own.recording_wait
+                )
+            ),
+        );
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

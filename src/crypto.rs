@@ -71,7 +71,7 @@ pub struct SecuritySettings {
     /// `DATA_DIR/node.key`, created on first start (fine for one node; set it explicitly for
     /// several).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_key: Option<crate::config::Secret>,
+    pub node_key: Option<crate::secret::Secret>,
 }
 
 /// The node key from `[security]`, else from `DATA_DIR/node.key` (created, mode 0600, when

@@ -12,15 +12,20 @@ pub mod config;
 pub mod crypto;
 pub mod egress;
 pub mod ingress;
+#[cfg(test)]
+mod layering;
 pub mod loadgen;
 pub mod media;
+pub mod metrics;
 pub mod net;
 pub mod ops;
-pub mod persist;
 pub mod postcall;
+pub mod secret;
+pub mod state;
 pub mod store;
 pub mod stt;
 pub mod telemetry;
+pub mod text;
 pub mod transcript;
 pub mod webhooks;
 

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use callengine::app::{migrate_with_retry, Application};
 use callengine::config::{Settings, CONFIG_FILE_ENV};
-use callengine::store::{Store, StoreOptions};
+use callengine::store::Store;
 use callengine::telemetry;
 
 /// Live phone-call audio engine: call actors, streaming speech-to-text, durable transcripts.
@@ -183,7 +183,7 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
     let handle = callengine::app::start_postcall(
         &settings,
         &store,
-        callengine::ops::metrics::PostcallMetrics::default(),
+        callengine::metrics::PostcallMetrics::default(),
     )?;
     tracing::info!(
         workers = settings.postcall.workers,
@@ -203,7 +203,7 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     if settings.database.url.is_none() {
         std::fs::create_dir_all(&settings.data_dir)?;
     }
-    let store = Store::connect(&url, StoreOptions::from_settings(&settings))?;
+    let store = Store::connect(&url, settings.store_options())?;
     let patience = Duration::from_millis(settings.database.startup_timeout_ms);
     let applied = migrate_with_retry(&store, &url, patience).await?;
     println!("{}: {} migration(s) applied", url, applied.len());

@@ -189,11 +189,6 @@ impl EventBus {
         }))
     }
 
-    /// A bus configured by `[api]`.
-    pub fn from_settings(api: &crate::config::ApiSettings) -> Self {
-        Self::new(api.event_feed_capacity, api.max_event_subscribers_per_token)
-    }
-
     /// Whether anyone listens (build events only then).
     pub fn listened(&self) -> bool {
         self.0.readers.load(Ordering::SeqCst) > 0

@@ -87,6 +87,52 @@ impl Drop for CallPermit {
     }
 }
 
+/// Sockets upgraded but not yet through their handshake: bounded, so a flood of idle
+/// connections cannot hold the node's memory or file descriptors.
+#[derive(Debug)]
+pub struct HandshakeSlots {
+    max: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+/// A held handshake slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct HandshakeSlot(std::sync::Arc<HandshakeSlots>);
+
+impl HandshakeSlots {
+    /// At most `max` handshakes at once (0: no limit).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// A slot, or `None` when all are taken.
+    pub fn try_take(self: &std::sync::Arc<Self>) -> Option<HandshakeSlot> {
+        use std::sync::atomic::Ordering;
+        let taken = self.used.fetch_add(1, Ordering::AcqRel);
+        if self.max > 0 && taken >= self.max {
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(HandshakeSlot(std::sync::Arc::clone(self)))
+    }
+
+    /// Handshakes in progress.
+    pub fn in_use(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0
+            .used
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

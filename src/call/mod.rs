@@ -5,20 +5,22 @@ pub mod actor;
 pub mod end;
 pub mod events;
 pub mod limits;
-pub mod mailbox;
 pub mod outbound;
+pub mod persist;
 pub mod recorder;
 pub mod registry;
+pub mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::ArbiterHandle;
 
-use crate::config::Settings;
 use crate::store::Store;
 use crate::stt::actor::SttPolicy;
 use crate::stt::SttProvider;
+use crate::stt::SttSettings;
+pub use settings::CallSettings;
 
 /// The STT providers this node has, and the default. A tenant's `stt_provider` picks one.
 pub struct SttProviders {
@@ -55,7 +57,8 @@ pub struct CallDeps {
     pub store: Store,
     pub stt: SttProviders,
     pub stt_policy: SttPolicy,
-    pub registry: actix::Addr<registry::CallRegistry>,
+    /// How calls reach the registry that supervises them.
+    pub roster: actor::roster::Roster,
     /// Arbiter the persisters run on (outlives the HTTP workers).
     pub persist_arbiter: ArbiterHandle,
     pub idle_timeout: Duration,
@@ -66,7 +69,7 @@ pub struct CallDeps {
     /// Where the engine's own call recordings go.
     pub recordings_dir: std::path::PathBuf,
     /// The call path's metrics.
-    pub metrics: crate::ops::metrics::CallMetrics,
+    pub metrics: crate::metrics::CallMetrics,
     /// Live events of every call (`GET /api/v1/events`).
     pub events: events::EventBus,
 }
@@ -74,14 +77,14 @@ pub struct CallDeps {
 impl CallDeps {
     /// Builds the shared call dependencies from settings.
     pub fn new(
-        settings: &Settings,
+        s: &SttSettings,
+        c: &CallSettings,
+        data_dir: &std::path::Path,
         store: Store,
         stt: SttProviders,
-        registry: actix::Addr<registry::CallRegistry>,
+        roster: actor::roster::Roster,
         persist_arbiter: ArbiterHandle,
     ) -> Self {
-        let s = &settings.stt;
-        let c = &settings.calls;
         Self {
             store,
             stt,
@@ -96,15 +99,15 @@ impl CallDeps {
                 sample_rate: 16_000,
                 api_key: None,
             },
-            registry,
+            roster,
             persist_arbiter,
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             partial_promote: Duration::from_millis(c.partial_promote_ms),
             finish_timeout: Duration::from_secs(c.finish_timeout_secs),
             start_timeout: Duration::from_secs(c.start_timeout_secs),
             max_unsent_turns: c.max_unsent_turns,
-            recordings_dir: settings.data_dir.join("recordings"),
-            metrics: crate::ops::metrics::CallMetrics::default(),
+            recordings_dir: data_dir.join("recordings"),
+            metrics: crate::metrics::CallMetrics::default(),
             events: events::EventBus::default(),
         }
     }

@@ -8,27 +8,11 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::actor::roster::{Claim, Register, ReleaseClaim, Roster, Unregister};
 use super::actor::{CallActor, Finish};
 use super::end::EndReason;
+use super::persist::{PersisterDown, PersisterUp};
 use crate::store::Protocol;
-
-/// A call went live.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Register {
-    pub call_id: Uuid,
-    pub tenant_id: Uuid,
-    pub protocol: Protocol,
-    pub external_id: Option<String>,
-    pub addr: Addr<CallActor>,
-}
-
-/// A call finished.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unregister {
-    pub call_id: Uuid,
-}
 
 /// The live call with this id.
 #[derive(Message)]
@@ -45,18 +29,6 @@ pub struct LookupExternal(pub Protocol, pub String);
 #[rtype(result = "Vec<(Uuid, Addr<CallActor>)>")]
 pub struct ListCalls;
 
-/// A persister started.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PersisterUp;
-
-/// A persister stopped.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PersisterDown {
-    pub dropped_turns: u64,
-}
-
 /// Shutdown: finish every call (close 1001) and answer once every call and persister is done.
 #[derive(Message)]
 #[rtype(result = "DrainReport")]
@@ -72,25 +44,6 @@ pub struct DrainReport {
 struct LiveCall {
     addr: Addr<CallActor>,
     key: Option<(Protocol, String)>,
-}
-
-/// Reserves a starting actor's call: its transport id and, when the stream links to an
-/// existing call, that call's id. `false`: a live actor already carries that call (or another
-/// stream is starting it) — the newcomer must not become its twin, nor a second writer of a
-/// live call. An entry whose actor is gone (stopped without unregistering) is taken over.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct Claim {
-    pub external: Option<(Protocol, String)>,
-    pub call_id: Option<Uuid>,
-}
-
-/// A claim whose call never started.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReleaseClaim {
-    pub external: Option<(Protocol, String)>,
-    pub call_id: Option<Uuid>,
 }
 
 /// Live calls of this process.
@@ -117,6 +70,20 @@ impl CallRegistry {
 
 impl Actor for CallRegistry {
     type Context = Context<Self>;
+}
+
+impl CallRegistry {
+    /// How calls and their persisters reach this registry.
+    pub fn roster(addr: &Addr<Self>) -> Roster {
+        Roster {
+            register: addr.clone().recipient(),
+            unregister: addr.clone().recipient(),
+            claim: addr.clone().recipient(),
+            release: addr.clone().recipient(),
+            persister_up: addr.clone().recipient(),
+            persister_down: addr.clone().recipient(),
+        }
+    }
 }
 
 impl Handler<Register> for CallRegistry {

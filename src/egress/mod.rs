@@ -106,7 +106,7 @@ pub fn validate_host_name(host: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{:?} is not a host name (no scheme, port, path or wildcard)",
-            crate::ingress::bounded(host, 64)
+            crate::text::bounded(host, 64)
         ))
     }
 }
@@ -231,7 +231,7 @@ impl EgressPolicy {
         if !allowed {
             return Err(EgressError::Refused(format!(
                 "recordings are not fetched from {}",
-                crate::ingress::bounded(&checked.host, 64)
+                crate::text::bounded(&checked.host, 64)
             )));
         }
         Ok(checked)

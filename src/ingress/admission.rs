@@ -12,9 +12,10 @@
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 
-use crate::app::AppState;
 use crate::call::limits::CallPermit;
+pub use crate::call::limits::{HandshakeSlot, HandshakeSlots};
 use crate::crypto::{constant_time_eq, stored_token_hash};
+use crate::state::AppState;
 use crate::store::{Protocol, Tenant};
 
 /// The local tenant: created open (`media_open`) when a node listens on loopback only, so the
@@ -214,52 +215,6 @@ pub async fn admit(
         .try_acquire(tenant_id, cap)
         .map_err(Refusal::later)?;
     Ok(Admitted { tenant, permit })
-}
-
-/// Sockets upgraded but not yet through their handshake: bounded, so a flood of idle
-/// connections cannot hold the node's memory or file descriptors.
-#[derive(Debug)]
-pub struct HandshakeSlots {
-    max: usize,
-    used: std::sync::atomic::AtomicUsize,
-}
-
-/// A held handshake slot; dropping it frees the slot.
-#[derive(Debug)]
-pub struct HandshakeSlot(std::sync::Arc<HandshakeSlots>);
-
-impl HandshakeSlots {
-    /// At most `max` handshakes at once (0: no limit).
-    pub fn new(max: usize) -> Self {
-        Self {
-            max,
-            used: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
-    /// A slot, or `None` when all are taken.
-    pub fn try_take(self: &std::sync::Arc<Self>) -> Option<HandshakeSlot> {
-        use std::sync::atomic::Ordering;
-        let taken = self.used.fetch_add(1, Ordering::AcqRel);
-        if self.max > 0 && taken >= self.max {
-            self.used.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(HandshakeSlot(std::sync::Arc::clone(self)))
-    }
-
-    /// Handshakes in progress.
-    pub fn in_use(&self) -> usize {
-        self.used.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        self.0
-            .used
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 #[cfg(test)]

@@ -18,12 +18,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::admission::{admit, Admitted, HandshakeSlot, UpgradeCredentials};
-use crate::app::AppState;
 use crate::call::actor::{CallActor, CallParams};
 use crate::call::outbound::Outbound;
 use crate::media::audiosocket::{Decoder, Frame, FrameError};
 use crate::media::normalize::{AudioFormat, Encoding, Normalizer};
 use crate::media::MediaEvent;
+use crate::state::AppState;
 use crate::store::Protocol;
 
 /// Events buffered from the socket towards the call before the reader waits.

@@ -19,7 +19,6 @@ use serde_json::{Map, Value};
 
 use super::admission::{admit, Admitted, HandshakeSlot, Refusal, UpgradeCredentials};
 use super::{ws_input, WsData};
-use crate::app::AppState;
 use crate::call::actor::{CallActor, CallParams};
 use crate::call::outbound::spawn_writer;
 use crate::media::audiofork;
@@ -27,6 +26,7 @@ use crate::media::normalize::{AudioFormat, Encoding, Normalizer};
 use crate::media::twilio::{self, Sequence, SequenceTracker, TwilioMessage};
 use crate::media::vonage::{self, VonageEvent};
 use crate::media::{ids_from_map, CallIds, MediaEvent};
+use crate::state::AppState;
 use crate::store::Protocol;
 
 /// Closes a refused stream with `code` and the reason.

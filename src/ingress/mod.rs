@@ -88,7 +88,7 @@ pub fn ws_input(
 /// What a media WebSocket's handshake task gets: the upgraded socket, what the upgrade request
 /// carried for admission, and the handshake slot it holds until admitted or refused.
 pub(crate) struct Upgraded {
-    pub state: actix_web::web::Data<crate::app::AppState>,
+    pub state: actix_web::web::Data<crate::state::AppState>,
     pub session: actix_ws::Session,
     pub stream: MessageStream,
     pub credentials: admission::UpgradeCredentials,
@@ -102,7 +102,7 @@ pub(crate) struct Upgraded {
 pub(crate) fn upgrade<Fut>(
     req: &actix_web::HttpRequest,
     body: actix_web::web::Payload,
-    state: actix_web::web::Data<crate::app::AppState>,
+    state: actix_web::web::Data<crate::state::AppState>,
     handshake: impl FnOnce(Upgraded) -> Fut,
 ) -> Result<actix_web::HttpResponse, actix_web::Error>
 where
@@ -121,8 +121,7 @@ where
             "too many connections in their handshake",
         ));
     };
-    let credentials =
-        admission::UpgradeCredentials::from_request(req, &state.webhooks.public_base_url);
+    let credentials = admission::UpgradeCredentials::from_request(req, &state.public_base_url);
     let (response, session, stream) = actix_ws::handle(req, body)?;
     let stream = stream.max_frame_size(crate::media::voice::MAX_MESSAGE_BYTES);
     actix_web::rt::spawn(handshake(Upgraded {
@@ -143,18 +142,7 @@ pub(crate) fn refused(
     actix_web::HttpResponse::build(status).json(serde_json::json!({ "error": reason }))
 }
 
-/// `text` cut to at most `max` bytes on a character boundary: for close reasons (at most 123
-/// bytes on the wire) and log lines that quote what a client sent.
-pub fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end.saturating_sub(3)])
-}
+pub use crate::text::bounded;
 
 #[cfg(test)]
 mod tests {

@@ -13,12 +13,12 @@ use actix_web::{get, web, HttpRequest, HttpResponse};
 
 use super::admission::{admit, Admitted, Refusal};
 use super::{ws_input, WsData};
-use crate::app::AppState;
 use crate::audio::pcm::{validate_frame, PcmFormat};
 use crate::call::actor::CallActor;
 use crate::call::outbound::spawn_writer;
 use crate::media::voice::parse_params;
 use crate::media::MediaEvent;
+use crate::state::AppState;
 
 /// The WebSocket upgrade: admits the stream and starts a `CallActor`, or refuses it.
 #[get("/ws/voice/{external_uuid}")]

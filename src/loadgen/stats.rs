@@ -89,7 +89,7 @@ impl SampleSource {
     /// `(CPU seconds, RSS MB)` now.
     fn read(&self, agent: &ureq::Agent) -> Option<(f64, f64)> {
         match self {
-            Self::Pid(pid) => crate::ops::process::read(&pid.to_string())
+            Self::Pid(pid) => crate::metrics::process::read(&pid.to_string())
                 .map(|p| (p.cpu_seconds, p.resident_bytes as f64 / (1024.0 * 1024.0))),
             Self::Metrics { url, token } => {
                 let mut request = agent.get(url);

@@ -13,8 +13,11 @@ pub mod vonage;
 
 use bytes::Bytes;
 use futures_util::stream::LocalBoxStream;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use crate::store::Protocol;
 
 /// A carrier's own encoding of one stretch of mono audio: re-normalised if it must be sent
 /// again (a replay after an STT reconnect), a quarter of the 16 kHz PCM for 8 kHz G.711.
@@ -103,6 +106,57 @@ pub fn ids_from_map(
         phone_number,
         token: text("token"),
     })
+}
+
+/// Carrier media endpoints (`[media]`): Vonage, Twilio, audio_fork, AudioSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Tenant of carrier calls that name none (UUID; empty: such calls are refused).
+    pub default_tenant_id: String,
+    /// Live calls this node takes at once, over every transport (0: no limit).
+    pub max_calls: usize,
+    /// Live calls per tenant unless the tenant sets its own cap (0: no limit).
+    pub max_calls_per_tenant: usize,
+    /// Time a carrier has to send its first message (start/connected/metadata/UUID).
+    pub handshake_timeout_ms: u64,
+    /// AudioSocket TCP listener, `HOST:PORT`; empty: no listener.
+    pub audiosocket_bind: String,
+    /// Tenant of AudioSocket calls (UUID; required with a listener).
+    pub audiosocket_tenant_id: String,
+    /// Source addresses allowed to open AudioSocket sessions, comma-separated; `*`: any.
+    pub audiosocket_allow: String,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            default_tenant_id: String::new(),
+            max_calls: 10_000,
+            max_calls_per_tenant: 0,
+            handshake_timeout_ms: 10_000,
+            audiosocket_bind: String::new(),
+            audiosocket_tenant_id: String::new(),
+            audiosocket_allow: "127.0.0.1,::1".into(),
+        }
+    }
+}
+
+/// What the transport told us about a call.
+#[derive(Debug, Clone)]
+pub struct CallParams {
+    pub call_id: Option<Uuid>,
+    pub tenant_id: Uuid,
+    pub campaign_id: Option<Uuid>,
+    pub lead_id: Option<Uuid>,
+    pub phone_number: Option<String>,
+    pub external_id: Option<String>,
+    pub protocol: Protocol,
+    /// Role of each audio channel's speaker (`contact` for the person called or calling in;
+    /// `caller` and `callee` for the two sides of a stereo stream). One STT stream each.
+    pub speakers: Vec<String>,
+    /// What the transport said about the call, stored on the row.
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

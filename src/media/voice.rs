@@ -10,7 +10,7 @@
 
 use uuid::Uuid;
 
-use crate::call::actor::CallParams;
+use super::CallParams;
 use crate::store::Protocol;
 
 /// Largest WebSocket message accepted; bigger ones end the call with 1009.

@@ -8,10 +8,10 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::call::actor::{Finish, Snapshot};
 use crate::call::end::EndReason;
 use crate::call::registry::{ListCalls, Lookup};
+use crate::state::AppState;
 
 /// Who is asking: the operator (admin token) sees everything; a tenant (its own API token)
 /// sees only its calls.

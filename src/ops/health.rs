@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix_web::{get, web, HttpResponse};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Liveness: 200 while the process serves HTTP.
 #[get("/healthz")]

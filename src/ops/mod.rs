@@ -4,4 +4,3 @@
 pub mod api;
 pub mod health;
 pub mod metrics;
-pub mod process;

@@ -101,7 +101,7 @@ pub struct Pipeline {
     engine: Mutex<Option<WhisperEngine>>,
     stop: Arc<AtomicBool>,
     node: String,
-    metrics: crate::ops::metrics::PostcallMetrics,
+    metrics: crate::metrics::PostcallMetrics,
     /// Every outbound request (recordings, endpoints, webhooks) follows it.
     egress: crate::egress::EgressPolicy,
 }
@@ -128,7 +128,7 @@ impl Pipeline {
         data_dir: PathBuf,
         model_dir: Option<PathBuf>,
         node: String,
-        metrics: crate::ops::metrics::PostcallMetrics,
+        metrics: crate::metrics::PostcallMetrics,
         egress: crate::egress::EgressPolicy,
     ) -> Result<PostcallHandle, String> {
         let schedule = deliver::parse_schedule(&settings.webhook_retry_secs)

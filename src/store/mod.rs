@@ -37,7 +37,6 @@ use diesel_async::pooled_connection::{
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
-use crate::config::Settings;
 pub use model::*;
 
 /// SQLite connection driven through diesel-async (blocking work runs on tokio's blocking pool).
@@ -242,27 +241,19 @@ pub struct StoreOptions {
     pub node_key: Option<crate::crypto::NodeKey>,
 }
 
-impl StoreOptions {
-    /// Options from the application's settings.
-    pub fn from_settings(settings: &Settings) -> Self {
-        let db = &settings.database;
-        Self {
-            pool_size: db.pool_size,
-            connect_timeout: Duration::from_millis(db.connect_timeout_ms),
-            acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
-            busy_timeout: Duration::from_millis(db.busy_timeout_ms),
-            default_cost_per_second_micros: settings.calls.default_cost_per_second_micros,
-            postcall_max_attempts: settings.calls.postcall_max_attempts,
-            recording_wait: Duration::from_secs(settings.postcall.recording_wait_secs),
-            node_id: settings.node_id.clone(),
-            node_key: None,
-        }
-    }
-}
-
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self::from_settings(&Settings::default())
+        Self {
+            pool_size: 0,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+            default_cost_per_second_micros: 1_000,
+            postcall_max_attempts: 8,
+            recording_wait: Duration::from_secs(300),
+            node_id: "local".into(),
+            node_key: None,
+        }
     }
 }
 

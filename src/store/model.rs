@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use crate::config::Secret;
+pub use crate::secret::Secret;
 
 /// Declares a closed set of string-valued states stored as TEXT.
 macro_rules! text_enum {

@@ -104,7 +104,7 @@ pub struct SttPolicy {
     pub finalize_timeout: Duration,
     pub sample_rate: u32,
     /// The tenant's own provider key, when it has one (set per call).
-    pub api_key: Option<crate::config::Secret>,
+    pub api_key: Option<crate::secret::Secret>,
 }
 
 /// Who an `SttActor` reports to.
@@ -113,9 +113,9 @@ pub struct SttLinks {
     pub status: Recipient<SttStatus>,
     pub gave_up: Recipient<SttGaveUp>,
     /// Depth of this actor's audio mailbox, counted with the call actor that fills it.
-    pub mailbox: crate::call::mailbox::Depth,
+    pub mailbox: crate::metrics::mailbox::Depth,
     /// Bytes in this actor's replay buffer, counted with the call's other STT actors.
-    pub replay_bytes: crate::call::mailbox::Bytes,
+    pub replay_bytes: crate::metrics::mailbox::Bytes,
     /// Live STT actors on the node (`callengine_actors{kind="stt"}`): one while this exists.
     pub live: prometheus_client::metrics::gauge::Gauge,
 }

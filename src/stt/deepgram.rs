@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::deepgram_normalize::{FluxNormalizer, Normalised, V1Normalizer};
 use super::{StreamConfig, SttEvent, SttFailure, SttInput, SttProvider, SttSession, SttSignal};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Settings of both Deepgram providers (`[stt.deepgram]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,34 +10,17 @@ pub mod actor;
 pub mod deepgram;
 pub mod deepgram_normalize;
 pub mod scripted;
+pub mod settings;
 pub mod supervision;
 pub mod whisper;
+
+pub use crate::transcript::SttEvent;
+pub use settings::SttSettings;
 
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::mpsc;
 use uuid::Uuid;
-
-/// A transcript event, already normalised: partials are cumulative hypotheses of the current
-/// turn (each replaces the last), finals are finished turns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SttEvent {
-    /// The current hypothesis for the turn in progress.
-    Partial {
-        text: String,
-        start_ms: Option<i64>,
-        end_ms: Option<i64>,
-    },
-    /// A finished turn.
-    Final {
-        text: String,
-        start_ms: Option<i64>,
-        end_ms: Option<i64>,
-        confidence: Option<f64>,
-    },
-    /// The provider says the speaker's turn ended (a pending partial stands as final).
-    EndOfTurn,
-}
 
 /// Why a provider session failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +81,7 @@ pub struct StreamConfig {
     /// 0 for the first stream of a call, then 1, 2… for each reconnect.
     pub session_index: u32,
     /// The tenant's own API key; providers that need one prefer it to the node's.
-    pub api_key: Option<crate::config::Secret>,
+    pub api_key: Option<crate::secret::Secret>,
 }
 
 /// An open provider stream: send audio in, read signals out.

@@ -14,8 +14,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::SttEvent;
 use crate::store::{NewTurn, TurnSource};
-use crate::stt::SttEvent;
 
 /// What the assembler tells the call.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,14 +1,21 @@
 //! The `TranscriptBuffer` actor: drives one call's [`TurnAssembler`] with provider events and a
 //! promotion timer; partials go to the call (for the client), finals to the persister.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::assembler::{AssemblerOutput, TurnAssembler};
-use crate::persist::PersistTurn;
+use super::SttEvent;
 use crate::store::NewTurn;
-use crate::stt::SttEvent;
+
+/// A final turn to write; `assembled_at` measures persist lag.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersistTurn {
+    pub turn: NewTurn,
+    pub assembled_at: Instant,
+}
 
 /// A normalised provider event for this call.
 #[derive(Message)]

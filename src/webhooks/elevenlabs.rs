@@ -9,19 +9,16 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::Hooks;
 use super::{error, read_body, required_secret, resolve_tenant, storage_failed, with_retries};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::{Protocol, StoreError, WebhookTurn};
 
 /// Longest call time a post-call transcript may claim (a day); larger values are clamped.
 const MAX_CALL_SECS: f64 = 86_400.0;
 
 /// The default tenant's route.
-pub async fn default_route(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn default_route(req: HttpRequest, body: web::Payload, state: Hooks) -> HttpResponse {
     handle(req, body, state, None).await
 }
 
@@ -29,7 +26,7 @@ pub async fn default_route(
 pub async fn token_route(
     req: HttpRequest,
     body: web::Payload,
-    state: web::Data<AppState>,
+    state: Hooks,
     token: web::Path<String>,
 ) -> HttpResponse {
     handle(req, body, state, Some(token.into_inner())).await
@@ -120,8 +117,8 @@ pub fn parse_turn(body: &Value) -> Result<TurnRequest, String> {
 
 fn check_signature(
     req: &HttpRequest,
-    state: &AppState,
-    secret: Option<&crate::config::Secret>,
+    state: &Hooks,
+    secret: Option<&crate::secret::Secret>,
     body: &[u8],
 ) -> Result<(), &'static str> {
     let Some(secret) = secret else {
@@ -136,14 +133,14 @@ fn check_signature(
         secret.expose(),
         body,
         Utc::now().timestamp(),
-        state.webhooks.signature_tolerance_secs,
+        state.inbound.settings.signature_tolerance_secs,
     )
 }
 
 async fn handle(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: Hooks,
     token: Option<String>,
 ) -> HttpResponse {
     let body = match read_body(payload, &state).await {
@@ -175,7 +172,7 @@ async fn handle(
         // Never 200 for what was not stored: an event this engine does not store is refused
         // with a reason, so the platform's delivery log shows it.
         Some(other) if value.get("conversation_id").is_none() => {
-            let other = crate::ingress::bounded(other, 64);
+            let other = crate::text::bounded(other, 64);
             tracing::info!(event = %other, "ElevenLabs event refused: not stored by this engine");
             error(
                 StatusCode::BAD_REQUEST,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::{StoreError, Tenant};
 
 /// Settings of the inbound webhooks (`[webhooks]`).
@@ -59,15 +59,50 @@ fn bad_request(message: impl Into<String>) -> HttpResponse {
     error(actix_web::http::StatusCode::BAD_REQUEST, message)
 }
 
+/// The webhook section's settings and the inbound body deadline, registered by the server as
+/// their own `web::Data` (the node's [`AppState`] carries no module's settings).
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub settings: WebhookSettings,
+    /// Whole-body deadline (`ingress.body_timeout_ms`).
+    pub body_timeout: Duration,
+}
+
+/// What a webhook handler works with: the node's state (through `Deref`) and [`Inbound`].
+pub struct Hooks {
+    node: web::Data<AppState>,
+    pub inbound: web::Data<Inbound>,
+}
+
+impl std::ops::Deref for Hooks {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.node
+    }
+}
+
+impl actix_web::FromRequest for Hooks {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let node = req.app_data::<web::Data<AppState>>().cloned();
+        let inbound = req.app_data::<web::Data<Inbound>>().cloned();
+        std::future::ready(match (node, inbound) {
+            (Some(node), Some(inbound)) => Ok(Self { node, inbound }),
+            _ => Err(actix_web::error::ErrorInternalServerError(
+                "webhook state is not configured",
+            )),
+        })
+    }
+}
+
 /// Reads the raw body, refusing more than `webhooks.max_body_bytes` with a 400 naming the
 /// limit, and a body not complete within `ingress.body_timeout_ms` with a 408.
-pub async fn read_body(
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<web::Bytes, HttpResponse> {
+pub async fn read_body(payload: web::Payload, state: &Hooks) -> Result<web::Bytes, HttpResponse> {
     let (limit, deadline) = (
-        state.webhooks.max_body_bytes,
-        Duration::from_millis(state.ingress.body_timeout_ms),
+        state.inbound.settings.max_body_bytes,
+        state.inbound.body_timeout,
     );
     match tokio::time::timeout(deadline, read_body_unbounded(payload, limit)).await {
         Ok(result) => result,
@@ -97,9 +132,9 @@ async fn read_body_unbounded(
 /// secret is refused (401) unless it is explicitly marked `webhooks_unsigned`; then `None`.
 pub fn required_secret<'a>(
     tenant: &Tenant,
-    secret: Option<&'a crate::config::Secret>,
+    secret: Option<&'a crate::secret::Secret>,
     kind: &str,
-) -> Result<Option<&'a crate::config::Secret>, Box<HttpResponse>> {
+) -> Result<Option<&'a crate::secret::Secret>, Box<HttpResponse>> {
     match secret {
         Some(secret) => Ok(Some(secret)),
         None if tenant.webhooks_unsigned => Ok(None),
@@ -118,7 +153,7 @@ pub fn required_secret<'a>(
 /// Which tenant a webhook is for: the route's token, or the default tenant; it must exist.
 /// The lookup is retried like any storage step.
 pub async fn resolve_tenant(
-    state: &AppState,
+    state: &Hooks,
     token: Option<&str>,
 ) -> Result<(Uuid, Tenant), HttpResponse> {
     match token {
@@ -135,7 +170,7 @@ pub async fn resolve_tenant(
             }
         }
         None => {
-            let Ok(id) = Uuid::parse_str(&state.webhooks.default_tenant_id) else {
+            let Ok(id) = Uuid::parse_str(&state.inbound.settings.default_tenant_id) else {
                 return Err(bad_request(
                     "no tenant: post to /webhooks/{token}/… or set webhooks.default_tenant_id",
                 ));

@@ -13,17 +13,14 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use super::Hooks;
 use super::{error, read_body, required_secret, resolve_tenant, storage_failed, with_retries};
-use crate::app::AppState;
 use crate::egress::RecordingSource;
+use crate::state::AppState;
 use crate::store::{Protocol, RecordingUpdate, StoreError, Tenant};
 
 /// Twilio, default tenant.
-pub async fn twilio_default(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn twilio_default(req: HttpRequest, body: web::Payload, state: Hooks) -> HttpResponse {
     twilio(req, body, state, None).await
 }
 
@@ -31,18 +28,14 @@ pub async fn twilio_default(
 pub async fn twilio_token(
     req: HttpRequest,
     body: web::Payload,
-    state: web::Data<AppState>,
+    state: Hooks,
     token: web::Path<String>,
 ) -> HttpResponse {
     twilio(req, body, state, Some(token.into_inner())).await
 }
 
 /// Vonage, default tenant.
-pub async fn vonage_default(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn vonage_default(req: HttpRequest, body: web::Payload, state: Hooks) -> HttpResponse {
     vonage(req, body, state, None).await
 }
 
@@ -50,7 +43,7 @@ pub async fn vonage_default(
 pub async fn vonage_token(
     req: HttpRequest,
     body: web::Payload,
-    state: web::Data<AppState>,
+    state: Hooks,
     token: web::Path<String>,
 ) -> HttpResponse {
     vonage(req, body, state, Some(token.into_inner())).await
@@ -59,13 +52,13 @@ pub async fn vonage_token(
 /// The URL the sender called, as it saw it: `webhooks.public_base_url` + path and query when
 /// configured (behind a proxy), else the request's own `Host` (never `Forwarded` or
 /// `X-Forwarded-*`, which any client can set).
-fn public_url(req: &HttpRequest, state: &AppState) -> String {
+fn public_url(req: &HttpRequest, state: &Hooks) -> String {
     let path = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let base = state.webhooks.public_base_url.trim_end_matches('/');
+    let base = state.inbound.settings.public_base_url.trim_end_matches('/');
     if base.is_empty() {
         let host = req
             .headers()
@@ -81,7 +74,7 @@ fn public_url(req: &HttpRequest, state: &AppState) -> String {
 /// The tenant of a callback: the route's token, else the owner of the called number, else the
 /// default tenant. Never found through a call id, which any tenant's caller could name.
 async fn callback_tenant(
-    state: &AppState,
+    state: &Hooks,
     token: Option<&str>,
     called: Option<&str>,
 ) -> Result<Tenant, HttpResponse> {
@@ -104,12 +97,12 @@ async fn callback_tenant(
 /// The callback's tenant and the secret its signature must be made with (`None`: the tenant is
 /// explicitly `webhooks_unsigned`); 401 when the tenant has no such secret.
 async fn signing_tenant(
-    state: &AppState,
+    state: &Hooks,
     token: Option<&str>,
     called: Option<&str>,
-    secret_of: fn(&Tenant) -> Option<&crate::config::Secret>,
+    secret_of: fn(&Tenant) -> Option<&crate::secret::Secret>,
     kind: &str,
-) -> Result<(Tenant, Option<crate::config::Secret>), HttpResponse> {
+) -> Result<(Tenant, Option<crate::secret::Secret>), HttpResponse> {
     let tenant = callback_tenant(state, token, called).await?;
     let secret = required_secret(&tenant, secret_of(&tenant), kind)
         .map_err(|response| *response)?
@@ -157,7 +150,7 @@ async fn save(state: &AppState, update: RecordingUpdate) -> HttpResponse {
 async fn twilio(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: Hooks,
     token: Option<String>,
 ) -> HttpResponse {
     let body = match read_body(payload, &state).await {
@@ -220,7 +213,7 @@ async fn twilio(
 async fn vonage(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    state: Hooks,
     token: Option<String>,
 ) -> HttpResponse {
     let body = match read_body(payload, &state).await {
@@ -253,7 +246,7 @@ async fn vonage(
             secret.expose(),
             &body,
             chrono::Utc::now().timestamp(),
-            state.webhooks.signature_tolerance_secs,
+            state.inbound.settings.signature_tolerance_secs,
         ) {
             tracing::warn!(tenant_id = %tenant.id, %reason, "Vonage recording callback refused");
             return error(StatusCode::UNAUTHORIZED, reason);

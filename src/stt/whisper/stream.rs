@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Decoded, WhisperEngine};
 use crate::audio::pcm::rms_s16le;
-use crate::ops::metrics::{DecodeKind, WhisperMetrics};
+use crate::metrics::{DecodeKind, WhisperMetrics};
 use crate::stt::{
     StreamConfig, SttEvent, SttFailure, SttInput, SttProvider, SttSession, SttSignal,
 };

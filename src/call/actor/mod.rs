@@ -9,6 +9,8 @@
 //! that arrive meanwhile still reach the client before the close. A second `Finish` is ignored;
 //! `stopping` is a synchronous backstop for an actor stopped any other way.
 
+pub mod roster;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,36 +25,21 @@ use super::end::EndReason;
 use super::events::LiveEvent;
 use super::limits::CallPermit;
 use super::outbound::Outbound;
-use super::registry::{Claim, Register, ReleaseClaim, Unregister};
 use super::CallDeps;
-use crate::media::{MediaEvent, MediaInput};
-use crate::persist::PersistTurn;
-use crate::persist::{
+use crate::call::persist::{
     CommittedTurn, FinishCall, PersistBacklog, Persister, StartCall, StartedCall, TurnsCommitted,
 };
+use crate::media::{MediaEvent, MediaInput};
 use crate::store::{CompletionOutcome, Direction, LinkOutcome, NewCall, Protocol, StoreError};
 use crate::stt::actor::{SttActor, SttAudio, SttFinish, SttGaveUp, SttLinks, SttState, SttStatus};
+use crate::transcript::buffer::PersistTurn;
 use crate::transcript::buffer::{FlushTranscript, PartialUpdate, TranscriptBuffer};
+use roster::{Claim, Register, ReleaseClaim, Unregister};
 
 /// Invalid frames logged per call (all are counted).
 const INVALID_LOG_LIMIT: u64 = 5;
 
-/// What the transport told us about a call.
-#[derive(Debug, Clone)]
-pub struct CallParams {
-    pub call_id: Option<Uuid>,
-    pub tenant_id: Uuid,
-    pub campaign_id: Option<Uuid>,
-    pub lead_id: Option<Uuid>,
-    pub phone_number: Option<String>,
-    pub external_id: Option<String>,
-    pub protocol: Protocol,
-    /// Role of each audio channel's speaker (`contact` for the person called or calling in;
-    /// `caller` and `callee` for the two sides of a stereo stream). One STT stream each.
-    pub speakers: Vec<String>,
-    /// What the transport said about the call, stored on the row.
-    pub metadata: Option<serde_json::Value>,
-}
+pub use crate::media::CallParams;
 
 /// End the call (any reason). Idempotent.
 #[derive(Message, Debug, Clone)]
@@ -155,9 +142,9 @@ pub struct CallActor {
     frames_bad: prometheus_client::metrics::counter::Counter,
     frames_lost: prometheus_client::metrics::counter::Counter,
     /// Frames waiting in this call's STT actors' mailboxes.
-    stt_mailbox: super::mailbox::Depth,
+    stt_mailbox: crate::metrics::mailbox::Depth,
     /// Replay-buffer bytes of this call's STT actors.
-    replay_bytes: super::mailbox::Bytes,
+    replay_bytes: crate::metrics::mailbox::Bytes,
     /// Finals each speaker's transcript buffer has assembled (from its partial updates).
     finals_assembled: std::collections::HashMap<String, u32>,
     /// This actor in `callengine_actors{kind="call"}` (undone on drop).
@@ -194,7 +181,7 @@ impl CallActor {
         let frame_counter = |result: &str| {
             deps.metrics
                 .frames
-                .get_or_create(&crate::ops::metrics::FrameLabels {
+                .get_or_create(&crate::metrics::FrameLabels {
                     protocol: params.protocol.to_string(),
                     result: result.into(),
                 })
@@ -211,17 +198,18 @@ impl CallActor {
             tenant_id = %params.tenant_id,
             protocol = %params.protocol,
         );
-        let stt_mailbox = super::mailbox::Depth::new(
+        let stt_mailbox = crate::metrics::mailbox::Depth::new(
             deps.metrics
                 .mailbox_depth
-                .get_or_create(&crate::ops::metrics::MailboxLabels {
+                .get_or_create(&crate::metrics::MailboxLabels {
                     mailbox: "stt_audio".into(),
                 })
                 .clone(),
         );
         let live = deps.metrics.actors_of("call");
         live.inc();
-        let replay_bytes = super::mailbox::Bytes::new(deps.metrics.replay_buffer_bytes.clone());
+        let replay_bytes =
+            crate::metrics::mailbox::Bytes::new(deps.metrics.replay_buffer_bytes.clone());
         Self {
             frames_ok,
             frames_bad,
@@ -295,7 +283,7 @@ impl CallActor {
         self.phase = Phase::Live;
         self.last_audio = crate::clock::now();
         let me = ctx.address();
-        self.deps.registry.do_send(Register {
+        self.deps.roster.register.do_send(Register {
             call_id,
             tenant_id: self.params.tenant_id,
             protocol: self.params.protocol,
@@ -359,13 +347,13 @@ impl CallActor {
         let protocol = self.params.protocol.to_string();
         metrics
             .started
-            .get_or_create(&crate::ops::metrics::ProtocolLabels {
+            .get_or_create(&crate::metrics::ProtocolLabels {
                 protocol: protocol.clone(),
             })
             .inc();
         let active = metrics
             .active
-            .get_or_create(&crate::ops::metrics::ActiveLabels { protocol })
+            .get_or_create(&crate::metrics::ActiveLabels { protocol })
             .clone();
         active.inc();
         self.active_gauge = Some(active);
@@ -393,16 +381,16 @@ impl CallActor {
 
     /// Starts the persister and creates or links the call row; media waits meanwhile.
     fn start_call(&mut self, ctx: &mut Context<Self>) {
-        let (store, registry, me) = (
+        let (store, roster, me) = (
             self.deps.store.clone(),
-            self.deps.registry.clone(),
+            self.deps.roster.clone(),
             ctx.address(),
         );
         let max_unsent = self.deps.max_unsent_turns;
         let persister = Persister::start_in_arbiter(&self.deps.persist_arbiter, move |_| {
             Persister::new(
                 store,
-                registry,
+                (roster.persister_up, roster.persister_down),
                 (me.clone().recipient(), me.recipient()),
                 max_unsent,
             )
@@ -433,7 +421,7 @@ impl CallActor {
         let message = format!(
             "{} call {} is already live on another stream",
             self.params.protocol,
-            crate::ingress::bounded(self.params.external_id.as_deref().unwrap_or_default(), 64)
+            crate::text::bounded(self.params.external_id.as_deref().unwrap_or_default(), 64)
         );
         tracing::warn!(%message, "twin stream refused");
         self.send_event(json!({ "type": "error", "message": message }));
@@ -452,7 +440,7 @@ impl CallActor {
             _ => (1011, format!("could not start the call: {err}")),
         };
         tracing::warn!(error = %err, code, "call refused at start");
-        self.deps.registry.do_send(ReleaseClaim {
+        self.deps.roster.release.do_send(ReleaseClaim {
             external: self
                 .params
                 .external_id
@@ -640,7 +628,7 @@ impl CallActor {
         }
         metrics
             .ended
-            .get_or_create(&crate::ops::metrics::EndLabels {
+            .get_or_create(&crate::metrics::EndLabels {
                 protocol: protocol.clone(),
                 reason: reason.code_name().into(),
             })
@@ -649,7 +637,7 @@ impl CallActor {
             let provider = self.provider.as_ref().map_or("none", |p| p.name());
             metrics
                 .stt_failures
-                .get_or_create(&crate::ops::metrics::ProviderLabels {
+                .get_or_create(&crate::metrics::ProviderLabels {
                     provider: provider.into(),
                 })
                 .inc();
@@ -664,7 +652,7 @@ impl CallActor {
                 if let Some(seconds) = call.duration_seconds {
                     metrics
                         .duration_seconds
-                        .get_or_create(&crate::ops::metrics::ProtocolLabels {
+                        .get_or_create(&crate::metrics::ProtocolLabels {
                             protocol: protocol.clone(),
                         })
                         .observe(seconds as f64);
@@ -689,7 +677,7 @@ impl CallActor {
         }
         self.send_close(code, description);
         if let Some(call_id) = self.call_id {
-            self.deps.registry.do_send(Unregister { call_id });
+            self.deps.roster.unregister.do_send(Unregister { call_id });
         }
         self.phase = Phase::Done;
         ctx.stop();
@@ -790,12 +778,15 @@ impl Actor for CallActor {
             return self.start_call(ctx);
         }
         ctx.wait(
-            self.deps.registry.send(claim).into_actor(self).map(
-                |claimed, act, ctx| match claimed {
+            self.deps
+                .roster
+                .claim
+                .send(claim)
+                .into_actor(self)
+                .map(|claimed, act, ctx| match claimed {
                     Ok(true) => act.start_call(ctx),
                     _ => act.refuse_twin(ctx),
-                },
-            ),
+                }),
         );
     }
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
@@ -819,7 +810,7 @@ impl Actor for CallActor {
             }
             self.send_close(1011, "internal error".into());
             if let Some(call_id) = self.call_id {
-                self.deps.registry.do_send(Unregister { call_id });
+                self.deps.roster.unregister.do_send(Unregister { call_id });
             }
             self.phase = Phase::Done;
         }
@@ -919,7 +910,7 @@ impl Handler<SttStatus> for CallActor {
             self.deps
                 .metrics
                 .stt_restarts
-                .get_or_create(&crate::ops::metrics::ProviderLabels {
+                .get_or_create(&crate::metrics::ProviderLabels {
                     provider: provider.into(),
                 })
                 .inc_by(u64::from(msg.restarts - self.counters.stt_restarts));

@@ -15,12 +15,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::call::registry::{CallRegistry, PersisterDown, PersisterUp};
 use crate::store::{
     AppendOutcome, Call, CallCompletion, CallStatus, CompletionOutcome, LinkOutcome, NewCall,
     NewTurn, Store, StoreError,
 };
 use crate::stt::supervision::Backoff;
+use crate::transcript::buffer::PersistTurn;
 
 /// Turns written per transaction at most.
 const BATCH: usize = 64;
@@ -33,7 +33,7 @@ pub struct StartedCall {
     /// The tenant's `stt_provider`, when the tenant exists and sets one.
     pub stt_provider: Option<String>,
     /// The tenant's own STT API key, when it has one.
-    pub stt_api_key: Option<crate::config::Secret>,
+    pub stt_api_key: Option<crate::secret::Secret>,
     /// The tenant wants the engine to record its calls (`postcall_config.record_calls`).
     pub record_calls: bool,
 }
@@ -47,12 +47,16 @@ pub struct StartCall {
     pub patience: Duration,
 }
 
-/// A final turn to write; `assembled_at` measures persist lag.
+/// A persister started.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct PersistTurn {
-    pub turn: NewTurn,
-    pub assembled_at: Instant,
+pub struct PersisterUp;
+
+/// A persister stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersisterDown {
+    pub dropped_turns: u64,
 }
 
 /// A turn stored under the number the database gave it.
@@ -97,7 +101,8 @@ pub struct FinishCall {
 /// Writes one call's rows.
 pub struct Persister {
     store: Store,
-    registry: Addr<CallRegistry>,
+    /// The registry, told when this persister starts and stops (the drain waits for it).
+    supervisor: (Recipient<PersisterUp>, Recipient<PersisterDown>),
     call: Option<(Recipient<TurnsCommitted>, Recipient<PersistBacklog>)>,
     call_id: Option<Uuid>,
     queue: VecDeque<(NewTurn, Instant)>,
@@ -120,13 +125,13 @@ impl Persister {
     /// A persister for one call; `call` receives commit acknowledgements.
     pub fn new(
         store: Store,
-        registry: Addr<CallRegistry>,
+        supervisor: (Recipient<PersisterUp>, Recipient<PersisterDown>),
         call: (Recipient<TurnsCommitted>, Recipient<PersistBacklog>),
         max_unsent: usize,
     ) -> Self {
         Self {
             store,
-            registry,
+            supervisor,
             call: Some(call),
             call_id: None,
             queue: VecDeque::new(),
@@ -275,7 +280,7 @@ impl Actor for Persister {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _ = ctx;
-        self.registry.do_send(PersisterUp);
+        self.supervisor.0.do_send(PersisterUp);
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
@@ -300,7 +305,7 @@ impl Actor for Persister {
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let _ = ctx;
-        self.registry.do_send(PersisterDown {
+        self.supervisor.1.do_send(PersisterDown {
             dropped_turns: self.dropped_turns,
         });
     }
