@@ -29,6 +29,7 @@ on_both_backends!(
     many_concurrent_calls_ending_at_random_lose_nothing,
     a_stale_partial_is_promoted_to_a_turn,
     slow_stt_drops_audio_not_transcript,
+    a_panicking_call_actor_is_finished_and_the_other_calls_carry_on,
 );
 
 async fn client_close_flushes_every_turn_and_the_pending_partial(backend: Backend) {
@@ -427,6 +428,73 @@ async fn many_concurrent_calls_ending_at_random_lose_nothing(backend: Backend) {
     }
     let live = api_calls(port).await;
     assert!(live.is_empty(), "no call actor left: {live:?}");
+    app.stop().await;
+}
+
+/// Supervision: a panic in one call's handler (the test-only fault hook) ends that call through
+/// the backstop — committed turns kept, one Close 1011, row completed as `call_actor_stopped`
+/// (actix drops the panicked actor's context, which runs `stopping`), the registry forgets it —
+/// while 50 calls on the same node stream on and end normally.
+async fn a_panicking_call_actor_is_finished_and_the_other_calls_carry_on(backend: Backend) {
+    const OTHERS: usize = 50;
+    let app = TestApp::start(
+        backend,
+        &[
+            ("CALLENGINE_CALLS__PARTIAL_PROMOTE_MS", "120000"),
+            // The 50 others wait while the victim is checked; they must not idle out meanwhile.
+            ("CALLENGINE_CALLS__IDLE_TIMEOUT_SECS", "600"),
+        ],
+    )
+    .await;
+    let mut others = Vec::new();
+    for _ in 0..OTHERS {
+        let mut client = VoiceClient::connect(app.port, Uuid::new_v4(), &call_query()).await;
+        client.wait_started().await;
+        client.send_audio(400, &tone()).await;
+        others.push(client);
+    }
+    let mut victim = VoiceClient::connect(app.port, Uuid::new_v4(), &call_query()).await;
+    let victim_id = victim.wait_started().await;
+    victim.send_audio(600, &tone()).await;
+    victim.wait_finals(3).await;
+    let actor = app
+        .state
+        .registry
+        .send(callengine::call::registry::Lookup(victim_id))
+        .await
+        .unwrap()
+        .expect("the call is live");
+    actor.do_send(callengine::call::actor::InjectPanic);
+    let log = victim.finished().await;
+    let expect = Expect {
+        status: callengine::store::CallStatus::Completed,
+        end_reason: "call_actor_stopped",
+        finals: 3,
+        close: Some(1011),
+        client_saw_all: true,
+    };
+    assert_durable(app.store(), &log, expect).await;
+    for client in &mut others {
+        client.send_audio(400, &tone()).await;
+    }
+    for client in &mut others {
+        client.wait_finals(4).await;
+        client.close(1000).await;
+    }
+    for client in others {
+        let log = client.finished().await;
+        assert_durable(
+            app.store(),
+            &log,
+            Expect::completed("caller_hangup", 4, 1000),
+        )
+        .await;
+    }
+    let live = api_calls(app.port).await;
+    assert!(
+        live.is_empty(),
+        "the panicked call left the registry: {live:?}"
+    );
     app.stop().await;
 }
 

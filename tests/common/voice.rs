@@ -30,6 +30,8 @@ pub struct TestApp {
     pub audiosocket_port: Option<u16>,
     pub db: TestDb,
     pub shutdown: ShutdownHandle,
+    /// The app's shared state (its registry, for tests that reach a live call's actor).
+    pub state: actix_web::web::Data<callengine::state::AppState>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
@@ -95,12 +97,14 @@ impl TestApp {
         let app = Application::build(settings).await.unwrap();
         let (port, shutdown) = (app.port(), app.shutdown_handle());
         let audiosocket_port = app.audiosocket_port();
+        let state = app.state();
         let server = actix_web::rt::spawn(app.run_until_stopped());
         Self {
             port,
             audiosocket_port,
             db,
             shutdown,
+            state,
             server: Some(server),
             _dir: dir,
         }

@@ -683,6 +683,36 @@ impl CallActor {
         ctx.stop();
     }
 
+    /// The end of a call whose actor stops (or is dropped: a panic in a handler, its arbiter
+    /// gone) without finishing: the persister completes the row with `end_reason` on its own
+    /// arbiter (committed turns stay; queued ones are written first), the client gets the one
+    /// Close (1011), and the registry forgets the call. A no-op once the call finished.
+    fn backstop(&mut self, end_reason: &str) {
+        if !matches!(self.phase, Phase::Live | Phase::Finishing) {
+            return;
+        }
+        tracing::error!(call_id = ?self.call_id, end_reason, "call actor ended without a finished flush");
+        if let Some(persister) = &self.persister {
+            persister.do_send(FinishCall {
+                status: crate::store::CallStatus::Completed,
+                end_reason: end_reason.into(),
+                ended_at: Utc::now(),
+                pending_partial: None,
+                dtmf: Some(self.dtmf.clone()).filter(|d| !d.is_empty()),
+                recording_url: None,
+            });
+        }
+        // No task spawned here (this may run in `Drop`): a full queue leaves the close to the
+        // writer, which sends 1011 once the call's sender is gone.
+        let _ = self
+            .out
+            .try_send(Outbound::Close(1011, "internal error".into()));
+        if let Some(call_id) = self.call_id {
+            self.deps.roster.unregister.do_send(Unregister { call_id });
+        }
+        self.phase = Phase::Done;
+    }
+
     /// Tells the client and the event feed that `turn` is durable (only after its commit: a
     /// client's `final` means the turn is stored).
     fn announce_final(&mut self, committed: &CommittedTurn) {
@@ -751,7 +781,26 @@ impl CallActor {
 
 impl Drop for CallActor {
     fn drop(&mut self) {
+        // Last resort: a panic in a handler is caught by tokio for this actor's task alone, and
+        // actix runs `stopping` as it drops the context (the backstop then ends the call as
+        // `call_actor_stopped`); should an actor ever be dropped without it, end it here.
+        self.backstop("call_actor_lost");
         self.live.dec();
+    }
+}
+
+/// Fault hook for the supervision test: the call's handler panics. Only code in this process
+/// holding the call's address can send it; nothing on the network maps to it.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+impl Handler<InjectPanic> for CallActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("fault injected into call {:?}", self.call_id);
     }
 }
 
@@ -794,26 +843,7 @@ impl Actor for CallActor {
         if let Some(active) = self.active_gauge.take() {
             active.dec();
         }
-        if matches!(self.phase, Phase::Live | Phase::Finishing) {
-            // Backstop: stopped without completing the finish sequence. Hand the end to the
-            // persister synchronously; it finishes the call on its own arbiter.
-            tracing::error!(call_id = ?self.call_id, "call actor stopping without a finished flush");
-            if let Some(persister) = &self.persister {
-                persister.do_send(FinishCall {
-                    status: crate::store::CallStatus::Completed,
-                    end_reason: "call_actor_stopped".into(),
-                    ended_at: Utc::now(),
-                    pending_partial: None,
-                    dtmf: Some(self.dtmf.clone()).filter(|d| !d.is_empty()),
-                    recording_url: None,
-                });
-            }
-            self.send_close(1011, "internal error".into());
-            if let Some(call_id) = self.call_id {
-                self.deps.roster.unregister.do_send(Unregister { call_id });
-            }
-            self.phase = Phase::Done;
-        }
+        self.backstop("call_actor_stopped");
         Running::Stop
     }
 
