@@ -1,9 +1,9 @@
-//! The durable job queue and the webhook outbox.
+//! The durable job queue.
 //!
-//! Claiming: on PostgreSQL `SELECT … FOR UPDATE SKIP LOCKED` inside a transaction, so workers on
-//! several machines take different jobs without waiting on each other; on SQLite one
-//! `UPDATE … WHERE id IN (SELECT … LIMIT 1) RETURNING *` statement, which SQLite runs under its
-//! single write lock. A claim sets a lease and counts an attempt; a job whose lease expired (its
+//! Claiming ([`claim_oldest!`], shared with the webhook outbox in `deliveries.rs`): on
+//! PostgreSQL `SELECT … FOR UPDATE SKIP LOCKED` inside a transaction, so workers on several
+//! machines take different jobs without waiting on each other; on SQLite an optimistic pick
+//! and a guarded `UPDATE … RETURNING`, atomic under SQLite's single write lock. A claim sets a lease and counts an attempt; a job whose lease expired (its
 //! worker died) is due again, unless that was its last attempt: then it is `dead`. Retries back
 //! off exponentially with jitter up to a cap; after the last attempt a job is `dead`.
 //! Webhook deliveries are claimed the same way.
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::model::{Job, JOB_STATUS_DEAD, JOB_STATUS_DONE, JOB_STATUS_QUEUED};
 use super::rows::JobRow;
-use super::schema::{jobs, webhook_deliveries};
+use super::schema::jobs;
 use super::sql_types::{DbJson, DbTime, DbUuid};
 use super::{with_conn, Pools, Store, StoreError};
 
@@ -26,69 +26,6 @@ pub const JOB_STATUS_RUNNING: &str = "running";
 /// `last_error` of a job made dead because its last attempt's lease lapsed without a result.
 pub const LEASE_LAPSED_ON_LAST_ATTEMPT: &str =
     "the lease of the last attempt lapsed without a result (the worker died, hung or panicked)";
-
-/// A webhook to deliver.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delivery {
-    pub id: Uuid,
-    /// Stable across retries (`webhook-id`).
-    pub event_id: String,
-    pub call_id: Option<Uuid>,
-    pub event_type: String,
-    pub payload: Value,
-    pub url: String,
-    pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub status: String,
-    pub last_response_status: Option<i32>,
-    pub last_error: Option<String>,
-    pub delivered_at: Option<DateTime<Utc>>,
-}
-
-/// Delivery statuses.
-pub const DELIVERY_PENDING: &str = "pending";
-pub const DELIVERY_SENDING: &str = "sending";
-pub const DELIVERY_DELIVERED: &str = "delivered";
-pub const DELIVERY_DEAD: &str = "dead";
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = webhook_deliveries)]
-struct DeliveryRow {
-    id: DbUuid,
-    event_id: String,
-    call_id: Option<DbUuid>,
-    event_type: String,
-    payload: DbJson,
-    url: String,
-    attempts: i32,
-    next_attempt_at: DbTime,
-    status: String,
-    last_response_status: Option<i32>,
-    last_response_body: Option<String>,
-    last_error: Option<String>,
-    delivered_at: Option<DbTime>,
-    created_at: DbTime,
-    updated_at: DbTime,
-}
-
-impl From<DeliveryRow> for Delivery {
-    fn from(r: DeliveryRow) -> Self {
-        Delivery {
-            id: r.id.0,
-            event_id: r.event_id,
-            call_id: r.call_id.map(|c| c.0),
-            event_type: r.event_type,
-            payload: r.payload.0,
-            url: r.url,
-            attempts: r.attempts,
-            next_attempt_at: r.next_attempt_at.0,
-            status: r.status,
-            last_response_status: r.last_response_status,
-            last_error: r.last_error,
-            delivered_at: r.delivered_at.map(|t| t.0),
-        }
-    }
-}
 
 /// What a post-call step saves on the call.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -121,6 +58,71 @@ pub enum JobResult {
         until: DateTime<Utc>,
     },
 }
+
+/// The one claim of both queues (jobs and webhook deliveries): the oldest row matching `due`
+/// in `order`, updated with `claim`, returned as `row`. PostgreSQL: `SELECT … FOR UPDATE SKIP
+/// LOCKED` and the update in one transaction. SQLite: optimistic — pick the oldest due id,
+/// claim it with one UPDATE guarded by `due` again (atomic under SQLite's write lock), and pick
+/// again if another worker won it (at most 8 tries).
+macro_rules! claim_oldest {
+    ($store:expr, $table:expr, $id:expr, $due:expr, $order:expr, $claim:expr, $row:ty) => {
+        match &$store.inner.pools {
+            Pools::Postgres(pool) => {
+                let mut conn = $store.checkout(pool).await?;
+                conn.transaction(async |conn| {
+                    let id: Option<DbUuid> = $table
+                        .filter($due)
+                        .order($order)
+                        .select($id)
+                        .limit(1)
+                        .for_update()
+                        .skip_locked()
+                        .first(conn)
+                        .await
+                        .optional()?;
+                    let Some(id) = id else {
+                        return Ok::<_, StoreError>(None);
+                    };
+                    let row = diesel::update($table.find(id))
+                        .set($claim)
+                        .returning(<$row>::as_returning())
+                        .get_result(conn)
+                        .await?;
+                    Ok(Some(row))
+                })
+                .await?
+            }
+            Pools::Sqlite(pool) => {
+                let mut conn = $store.checkout(pool).await?;
+                let mut claimed = None;
+                for _ in 0..8 {
+                    let id: Option<DbUuid> = $table
+                        .filter($due.clone())
+                        .order($order)
+                        .select($id)
+                        .first(&mut *conn)
+                        .await
+                        .optional()?;
+                    let Some(id) = id else { break };
+                    #[allow(clippy::clone_on_copy)]
+                    let update = diesel::update($table.find(id))
+                        .filter($due.clone())
+                        .set($claim.clone());
+                    claimed = update
+                        .returning(<$row>::as_returning())
+                        .get_result(&mut *conn)
+                        .await
+                        .optional()?;
+                    if claimed.is_some() {
+                        break;
+                    }
+                }
+                claimed
+            }
+        }
+    };
+}
+pub(super) use claim_oldest;
 
 impl Store {
     /// Claims the oldest due job of `kind` for `worker`, leased until `now + lease`.
@@ -181,60 +183,15 @@ impl Store {
             jobs::attempts.eq(jobs::attempts + 1),
             jobs::updated_at.eq(stamp),
         );
-        let row: Option<JobRow> = match &self.inner.pools {
-            Pools::Postgres(pool) => {
-                let mut conn = self.checkout(pool).await?;
-                conn.transaction(async |conn| {
-                    let id: Option<DbUuid> = jobs::table
-                        .filter(due)
-                        .order(jobs::run_at.asc())
-                        .select(jobs::id)
-                        .limit(1)
-                        .for_update()
-                        .skip_locked()
-                        .first(conn)
-                        .await
-                        .optional()?;
-                    let Some(id) = id else {
-                        return Ok::<_, StoreError>(None);
-                    };
-                    let row = diesel::update(jobs::table.find(id))
-                        .set(claim)
-                        .returning(JobRow::as_returning())
-                        .get_result(conn)
-                        .await?;
-                    Ok(Some(row))
-                })
-                .await?
-            }
-            Pools::Sqlite(pool) => {
-                // Optimistic: pick the oldest due id, then claim it with one guarded UPDATE
-                // (atomic under SQLite's write lock); if another worker won, pick again.
-                let mut conn = self.checkout(pool).await?;
-                let mut claimed = None;
-                for _ in 0..8 {
-                    let id: Option<DbUuid> = jobs::table
-                        .filter(due.clone())
-                        .order(jobs::run_at.asc())
-                        .select(jobs::id)
-                        .first(&mut *conn)
-                        .await
-                        .optional()?;
-                    let Some(id) = id else { break };
-                    claimed = diesel::update(jobs::table.find(id))
-                        .filter(due.clone())
-                        .set(claim.clone())
-                        .returning(JobRow::as_returning())
-                        .get_result(&mut *conn)
-                        .await
-                        .optional()?;
-                    if claimed.is_some() {
-                        break;
-                    }
-                }
-                claimed
-            }
-        };
+        let row: Option<JobRow> = claim_oldest!(
+            self,
+            jobs::table,
+            jobs::id,
+            due,
+            jobs::run_at.asc(),
+            claim,
+            JobRow
+        );
         Ok(row.map(Job::from))
     }
 
@@ -428,18 +385,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a webhook with this event id was ever queued.
-    pub async fn delivery_exists(&self, event_id: &str) -> Result<bool, StoreError> {
-        let n: i64 = with_conn!(self, conn => {
-            webhook_deliveries::table
-                .filter(webhook_deliveries::event_id.eq(event_id))
-                .count()
-                .get_result(conn)
-                .await?
-        });
-        Ok(n > 0)
-    }
-
     /// Jobs by status (for the API and tests).
     pub async fn jobs_with_status(&self, status: &str) -> Result<Vec<Job>, StoreError> {
         let rows: Vec<JobRow> = with_conn!(self, conn => {
@@ -451,171 +396,6 @@ impl Store {
                 .await?
         });
         Ok(rows.into_iter().map(Job::from).collect())
-    }
-
-    /// Queues a webhook once per `event_id` (a second enqueue changes nothing). Returns whether
-    /// it was new.
-    pub async fn enqueue_delivery(
-        &self,
-        event_id: &str,
-        call_id: Option<Uuid>,
-        event_type: &str,
-        payload: &Value,
-        url: &str,
-    ) -> Result<bool, StoreError> {
-        let now = DbTime::from(Utc::now());
-        let row = DeliveryRow {
-            id: DbUuid(Uuid::new_v4()),
-            event_id: event_id.into(),
-            call_id: call_id.map(DbUuid),
-            event_type: event_type.into(),
-            payload: DbJson(payload.clone()),
-            url: url.into(),
-            attempts: 0,
-            next_attempt_at: now,
-            status: DELIVERY_PENDING.into(),
-            last_response_status: None,
-            last_response_body: None,
-            last_error: None,
-            delivered_at: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let n = with_conn!(self, conn => {
-            diesel::insert_into(webhook_deliveries::table)
-                .values(&row)
-                .on_conflict(webhook_deliveries::event_id)
-                .do_nothing()
-                .execute(conn)
-                .await?
-        });
-        Ok(n == 1)
-    }
-
-    /// Claims the oldest due delivery; it is `sending` until `now + lease` (a crashed sender's
-    /// delivery is due again after that).
-    pub async fn claim_delivery(
-        &self,
-        lease: std::time::Duration,
-    ) -> Result<Option<Delivery>, StoreError> {
-        let now = Utc::now();
-        let stamp = DbTime::from(now);
-        let until = DbTime::from(now + Duration::from_std(lease).unwrap_or(Duration::minutes(1)));
-        let due = webhook_deliveries::status
-            .eq_any([DELIVERY_PENDING, DELIVERY_SENDING])
-            .and(webhook_deliveries::next_attempt_at.le(stamp));
-        let claim = (
-            webhook_deliveries::status.eq(DELIVERY_SENDING),
-            webhook_deliveries::next_attempt_at.eq(until),
-            webhook_deliveries::attempts.eq(webhook_deliveries::attempts + 1),
-            webhook_deliveries::updated_at.eq(stamp),
-        );
-        let row: Option<DeliveryRow> = match &self.inner.pools {
-            Pools::Postgres(pool) => {
-                let mut conn = self.checkout(pool).await?;
-                conn.transaction(async |conn| {
-                    let id: Option<DbUuid> = webhook_deliveries::table
-                        .filter(due)
-                        .order(webhook_deliveries::next_attempt_at.asc())
-                        .select(webhook_deliveries::id)
-                        .limit(1)
-                        .for_update()
-                        .skip_locked()
-                        .first(conn)
-                        .await
-                        .optional()?;
-                    let Some(id) = id else {
-                        return Ok::<_, StoreError>(None);
-                    };
-                    let row = diesel::update(webhook_deliveries::table.find(id))
-                        .set(claim)
-                        .returning(DeliveryRow::as_returning())
-                        .get_result(conn)
-                        .await?;
-                    Ok(Some(row))
-                })
-                .await?
-            }
-            Pools::Sqlite(pool) => {
-                let mut conn = self.checkout(pool).await?;
-                let mut claimed = None;
-                for _ in 0..8 {
-                    let id: Option<DbUuid> = webhook_deliveries::table
-                        .filter(due.clone())
-                        .order(webhook_deliveries::next_attempt_at.asc())
-                        .select(webhook_deliveries::id)
-                        .first(&mut *conn)
-                        .await
-                        .optional()?;
-                    let Some(id) = id else { break };
-                    claimed = diesel::update(webhook_deliveries::table.find(id))
-                        .filter(due.clone())
-                        .set(claim)
-                        .returning(DeliveryRow::as_returning())
-                        .get_result(&mut *conn)
-                        .await
-                        .optional()?;
-                    if claimed.is_some() {
-                        break;
-                    }
-                }
-                claimed
-            }
-        };
-        Ok(row.map(Delivery::from))
-    }
-
-    /// Records one delivery attempt: delivered, retry at `retry_at`, or dead (`retry_at` None).
-    pub async fn record_delivery_attempt(
-        &self,
-        id: Uuid,
-        delivered: bool,
-        response_status: Option<i32>,
-        response_body: Option<String>,
-        error: Option<String>,
-        retry_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
-        let now = Utc::now();
-        let stamp = DbTime::from(now);
-        let (status, next) = match (delivered, retry_at) {
-            (true, _) => (DELIVERY_DELIVERED, stamp),
-            (false, Some(at)) => (DELIVERY_PENDING, DbTime::from(at)),
-            (false, None) => (DELIVERY_DEAD, stamp),
-        };
-        let body = response_body.map(|b| b.chars().take(1_000).collect::<String>());
-        with_conn!(self, conn => {
-            diesel::update(webhook_deliveries::table.find(DbUuid(id)))
-                .set((
-                    webhook_deliveries::status.eq(status),
-                    webhook_deliveries::next_attempt_at.eq(next),
-                    webhook_deliveries::last_response_status.eq(response_status),
-                    webhook_deliveries::last_response_body.eq(body),
-                    webhook_deliveries::last_error.eq(error),
-                    webhook_deliveries::delivered_at.eq(delivered.then_some(stamp)),
-                    webhook_deliveries::updated_at.eq(stamp),
-                ))
-                .execute(conn)
-                .await?
-        });
-        Ok(())
-    }
-
-    /// Sends a dead (or any undelivered) delivery again, now, with a fresh attempt budget.
-    pub async fn resend_delivery(&self, id: Uuid) -> Result<bool, StoreError> {
-        let stamp = DbTime::from(Utc::now());
-        let n = with_conn!(self, conn => {
-            diesel::update(webhook_deliveries::table.find(DbUuid(id)))
-                .filter(webhook_deliveries::status.ne(DELIVERY_DELIVERED))
-                .set((
-                    webhook_deliveries::status.eq(DELIVERY_PENDING),
-                    webhook_deliveries::attempts.eq(0),
-                    webhook_deliveries::next_attempt_at.eq(stamp),
-                    webhook_deliveries::updated_at.eq(stamp),
-                ))
-                .execute(conn)
-                .await?
-        });
-        Ok(n == 1)
     }
 
     /// Checkpoints of the post-call pipeline on the call row: each `Some` field is written.
@@ -689,18 +469,5 @@ impl Store {
             .await?
         });
         Ok(())
-    }
-
-    /// A call's deliveries.
-    pub async fn deliveries_for_call(&self, call_id: Uuid) -> Result<Vec<Delivery>, StoreError> {
-        let rows: Vec<DeliveryRow> = with_conn!(self, conn => {
-            webhook_deliveries::table
-                .filter(webhook_deliveries::call_id.eq(Some(DbUuid(call_id))))
-                .order(webhook_deliveries::created_at.asc())
-                .select(DeliveryRow::as_select())
-                .load(conn)
-                .await?
-        });
-        Ok(rows.into_iter().map(Delivery::from).collect())
     }
 }

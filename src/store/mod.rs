@@ -5,6 +5,7 @@
 //! backends are told apart; the portable column types live in [`sql_types`].
 
 mod calls;
+mod deliveries;
 mod jobs;
 mod migrate;
 pub mod model;
@@ -16,10 +17,8 @@ mod turns;
 mod webhooks;
 
 pub use calls::{POSTCALL_FAILED, POSTCALL_PENDING, POSTCALL_PROCESSED, POSTCALL_WAITING};
-pub use jobs::{
-    Delivery, JobResult, PostcallUpdate, DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING,
-    JOB_STATUS_RUNNING,
-};
+pub use deliveries::{Delivery, DELIVERY_DEAD, DELIVERY_DELIVERED, DELIVERY_PENDING};
+pub use jobs::{JobResult, PostcallUpdate, JOB_STATUS_RUNNING};
 pub use turns::materialise_transcript;
 pub use webhooks::{
     RecordingOutcome, RecordingUpdate, StoredWebhookTurn, WebhookTurn, WEBHOOK_NODE,
