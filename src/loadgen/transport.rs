@@ -11,11 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
@@ -26,123 +23,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
+use super::protocol::{Frames, LoadProtocol, FRAME_BYTES, FRAME_MS};
 use super::Seen;
-use crate::audio::g711::linear_to_ulaw;
 use crate::media::audiosocket;
-
-/// 20 ms of s16le mono at 16 kHz.
-pub const FRAME_BYTES: usize = 640;
-/// Frame length.
-pub const FRAME_MS: u64 = 20;
-
-/// Which protocol the simulated calls speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoadProtocol {
-    /// Generic `/ws/voice/{uuid}` (the engine's JSON events on the same socket).
-    Voice,
-    /// Vonage Voice API WebSocket, L16 16 kHz.
-    Vonage,
-    /// Twilio Media Streams, μ-law 8 kHz.
-    Twilio,
-    /// FreeSWITCH mod_audio_fork / jambonz listen, L16 16 kHz mono.
-    Audiofork,
-    /// Asterisk AudioSocket over TCP, slin 16 kHz.
-    Audiosocket,
-}
-
-impl LoadProtocol {
-    /// The engine's name for it (`calls.protocol`).
-    pub fn engine_name(self) -> &'static str {
-        match self {
-            Self::Voice => "voice",
-            Self::Vonage => "vonage",
-            Self::Twilio => "twilio",
-            Self::Audiofork => "audiofork",
-            Self::Audiosocket => "audiosocket",
-        }
-    }
-
-    /// Whether the engine answers on the call's own connection (only the generic socket;
-    /// carriers get nothing back, so their finals come from the `/api/v1/events` feed).
-    pub fn events_on_socket(self) -> bool {
-        self == Self::Voice
-    }
-
-    /// A fresh transport-level call id, shaped as that carrier's own.
-    pub fn new_external_id(self) -> String {
-        let id = Uuid::new_v4();
-        match self {
-            Self::Twilio => format!("CA{}", id.simple()),
-            _ => id.to_string(),
-        }
-    }
-}
-
-/// The run's audio, encoded once in the protocol's own form: frame `k` of the clip, and
-/// silence.
-pub enum Frames {
-    /// L16 16 kHz slices (voice, Vonage, audio_fork).
-    Pcm { clip: Bytes, silence: Bytes },
-    /// Base64 μ-law 8 kHz payloads (Twilio).
-    Base64 { clip: Vec<String>, silence: String },
-    /// Whole AudioSocket 0x12 messages (header + 640 bytes).
-    Socket { clip: Vec<Bytes>, silence: Bytes },
-}
-
-impl Frames {
-    /// Encodes `pcm` (s16le 16 kHz mono, whole frames) for `protocol`.
-    pub fn encode(protocol: LoadProtocol, pcm: &Bytes) -> Self {
-        let silence_pcm = Bytes::from(vec![0u8; FRAME_BYTES]);
-        match protocol {
-            LoadProtocol::Voice | LoadProtocol::Vonage | LoadProtocol::Audiofork => Self::Pcm {
-                clip: pcm.clone(),
-                silence: silence_pcm,
-            },
-            LoadProtocol::Twilio => {
-                let samples: Vec<f32> = pcm
-                    .chunks_exact(2)
-                    .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0)
-                    .collect();
-                let narrow = crate::audio::resample::resample(&samples, 16_000, 8_000);
-                let ulaw: Vec<u8> = narrow
-                    .iter()
-                    .map(|s| linear_to_ulaw((s.clamp(-1.0, 1.0) * 32_767.0) as i16))
-                    .collect();
-                let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-                let frames = pcm.len() / FRAME_BYTES;
-                let clip = (0..frames)
-                    .map(|k| {
-                        let at = (k * 160).min(ulaw.len());
-                        let mut frame = ulaw[at..(at + 160).min(ulaw.len())].to_vec();
-                        frame.resize(160, linear_to_ulaw(0));
-                        b64(&frame)
-                    })
-                    .collect();
-                Self::Base64 {
-                    clip,
-                    silence: b64(&[linear_to_ulaw(0); 160]),
-                }
-            }
-            LoadProtocol::Audiosocket => Self::Socket {
-                clip: pcm
-                    .chunks_exact(FRAME_BYTES)
-                    .map(|f| Bytes::from(audiosocket::encode(0x12, f)))
-                    .collect(),
-                silence: Bytes::from(audiosocket::encode(0x12, &silence_pcm)),
-            },
-        }
-    }
-
-    /// Frames in the clip.
-    pub fn clip_frames(&self) -> u64 {
-        match self {
-            Self::Pcm { clip, .. } => (clip.len() / FRAME_BYTES) as u64,
-            Self::Base64 { clip, .. } => clip.len() as u64,
-            Self::Socket { clip, .. } => clip.len() as u64,
-        }
-    }
-}
 
 /// Who the call is for, as the engine reads it from each protocol.
 pub struct CallIds<'a> {
@@ -243,103 +126,12 @@ impl Link {
     ) -> Result<Self, String> {
         let stream_sid = format!("MZ{}", Uuid::new_v4().simple());
         if protocol == LoadProtocol::Audiosocket {
-            let stream = tokio::time::timeout(
-                Duration::from_secs(10),
-                TcpStream::connect(audiosocket_addr),
-            )
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect {audiosocket_addr}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let (mut read, mut write) = stream.into_split();
-            let uuid = Uuid::parse_str(ids.external_id).map_err(|e| format!("uuid: {e}"))?;
-            write
-                .write_all(&audiosocket::encode(0x01, uuid.as_bytes()))
-                .await
-                .map_err(|e| format!("send: {e}"))?;
-            let reader = tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                loop {
-                    match read.read(&mut buf).await {
-                        Ok(0) => return Some(1000),
-                        Ok(_) => {}
-                        Err(_) => return None,
-                    }
-                }
-            });
-            return Ok(Self {
-                protocol,
-                out: Out::Tcp(write),
-                reader,
-                stream_sid,
-            });
+            return Self::open_audiosocket(audiosocket_addr, ids, stream_sid).await;
         }
-        let tenant = ids.tenant_id;
-        let (path, header_token) = match protocol {
-            LoadProtocol::Voice => (
-                format!(
-                    "/ws/voice/{}?tenant_id={tenant}&campaign_id={}&lead_id={}",
-                    ids.external_id,
-                    Uuid::new_v4(),
-                    Uuid::new_v4()
-                ),
-                ids.token,
-            ),
-            LoadProtocol::Vonage => ("/ws/vonage".to_string(), None),
-            LoadProtocol::Twilio => ("/ws/twilio".to_string(), None),
-            // (AudioSocket returned above.)
-            LoadProtocol::Audiofork | LoadProtocol::Audiosocket => {
-                ("/ws/audiofork".to_string(), ids.token)
-            }
-        };
+        let (path, header_token) = ws_path(protocol, ids);
         let ws = connect_ws(&ws_url(base, &path), header_token).await?;
         let (mut sink, stream) = ws.split();
-        let first: Vec<String> = match protocol {
-            LoadProtocol::Voice | LoadProtocol::Audiosocket => Vec::new(),
-            LoadProtocol::Vonage => vec![serde_json::json!({
-                "event": "websocket:connected",
-                "content-type": "audio/l16;rate=16000",
-                "uuid": ids.external_id,
-                "tenant_id": tenant,
-                "campaign_id": Uuid::new_v4(),
-                "lead_id": Uuid::new_v4(),
-                "token": ids.token,
-            })
-            .to_string()],
-            LoadProtocol::Twilio => vec![
-                serde_json::json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-                    .to_string(),
-                serde_json::json!({
-                    "event": "start",
-                    "sequenceNumber": "1",
-                    "streamSid": stream_sid,
-                    "start": {
-                        "streamSid": stream_sid,
-                        "accountSid": format!("AC{}", Uuid::nil().simple()),
-                        "callSid": ids.external_id,
-                        "tracks": ["inbound"],
-                        "customParameters": {
-                            "tenant_id": tenant.to_string(),
-                            "campaign_id": Uuid::new_v4().to_string(),
-                            "lead_id": Uuid::new_v4().to_string(),
-                            "token": ids.token,
-                        },
-                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                    },
-                })
-                .to_string(),
-            ],
-            LoadProtocol::Audiofork => vec![serde_json::json!({
-                "callSid": ids.external_id,
-                "sampleRate": 16000,
-                "mixType": "mono",
-                "tenant_id": tenant,
-                "campaign_id": Uuid::new_v4(),
-                "lead_id": Uuid::new_v4(),
-            })
-            .to_string()],
-        };
-        for text in first {
+        for text in first_messages(protocol, ids, &stream_sid) {
             sink.send(Message::Text(text.into()))
                 .await
                 .map_err(|e| format!("send: {e}"))?;
@@ -353,6 +145,45 @@ impl Link {
             protocol,
             out: Out::Ws(sink),
             reader: spawn_ws_reader(stream, events),
+            stream_sid,
+        })
+    }
+
+    /// AudioSocket over TCP: connects, sends the 0x01 message with the call's UUID, and reads
+    /// until the engine closes.
+    async fn open_audiosocket(
+        audiosocket_addr: &str,
+        ids: &CallIds<'_>,
+        stream_sid: String,
+    ) -> Result<Self, String> {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            TcpStream::connect(audiosocket_addr),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect {audiosocket_addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut read, mut write) = stream.into_split();
+        let uuid = Uuid::parse_str(ids.external_id).map_err(|e| format!("uuid: {e}"))?;
+        write
+            .write_all(&audiosocket::encode(0x01, uuid.as_bytes()))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) => return Some(1000),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        });
+        Ok(Self {
+            protocol: LoadProtocol::Audiosocket,
+            out: Out::Tcp(write),
+            reader,
             stream_sid,
         })
     }
@@ -456,35 +287,74 @@ impl Link {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn audio_is_encoded_once_per_protocol() {
-        let pcm = Bytes::from(vec![0u8; FRAME_BYTES * 3]);
-        let twilio = Frames::encode(LoadProtocol::Twilio, &pcm);
-        assert_eq!(twilio.clip_frames(), 3);
-        if let Frames::Base64 { clip, silence } = &twilio {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(&clip[0])
-                .unwrap_or_default();
-            assert_eq!(raw.len(), 160, "20 ms of μ-law at 8 kHz");
-            assert_eq!(&clip[0], silence);
+/// The WebSocket path of the protocol's endpoint, and the token sent as a bearer header.
+fn ws_path<'a>(protocol: LoadProtocol, ids: &CallIds<'a>) -> (String, Option<&'a str>) {
+    let tenant = ids.tenant_id;
+    match protocol {
+        LoadProtocol::Voice => (
+            format!(
+                "/ws/voice/{}?tenant_id={tenant}&campaign_id={}&lead_id={}",
+                ids.external_id,
+                Uuid::new_v4(),
+                Uuid::new_v4()
+            ),
+            ids.token,
+        ),
+        LoadProtocol::Vonage => ("/ws/vonage".to_string(), None),
+        LoadProtocol::Twilio => ("/ws/twilio".to_string(), None),
+        // (AudioSocket is opened over TCP instead.)
+        LoadProtocol::Audiofork | LoadProtocol::Audiosocket => {
+            ("/ws/audiofork".to_string(), ids.token)
         }
-        let socket = Frames::encode(LoadProtocol::Audiosocket, &pcm);
-        assert_eq!(socket.clip_frames(), 3);
-        if let Frames::Socket { clip, .. } = &socket {
-            assert_eq!(&clip[0][..3], &[0x12, 0x02, 0x80]);
-            assert_eq!(clip[0].len(), 3 + FRAME_BYTES);
-        }
-        assert_eq!(Frames::encode(LoadProtocol::Vonage, &pcm).clip_frames(), 3);
     }
+}
 
-    #[test]
-    fn external_ids_look_like_the_carriers() {
-        assert!(LoadProtocol::Twilio.new_external_id().starts_with("CA"));
-        assert_eq!(LoadProtocol::Twilio.new_external_id().len(), 34);
-        assert!(Uuid::parse_str(&LoadProtocol::Audiosocket.new_external_id()).is_ok());
+/// The text messages a WebSocket protocol opens with, before any audio.
+fn first_messages(protocol: LoadProtocol, ids: &CallIds<'_>, stream_sid: &str) -> Vec<String> {
+    let tenant = ids.tenant_id;
+    match protocol {
+        LoadProtocol::Voice | LoadProtocol::Audiosocket => Vec::new(),
+        LoadProtocol::Vonage => vec![serde_json::json!({
+            "event": "websocket:connected",
+            "content-type": "audio/l16;rate=16000",
+            "uuid": ids.external_id,
+            "tenant_id": tenant,
+            "campaign_id": Uuid::new_v4(),
+            "lead_id": Uuid::new_v4(),
+            "token": ids.token,
+        })
+        .to_string()],
+        LoadProtocol::Twilio => vec![
+            serde_json::json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+                .to_string(),
+            serde_json::json!({
+                "event": "start",
+                "sequenceNumber": "1",
+                "streamSid": stream_sid,
+                "start": {
+                    "streamSid": stream_sid,
+                    "accountSid": format!("AC{}", Uuid::nil().simple()),
+                    "callSid": ids.external_id,
+                    "tracks": ["inbound"],
+                    "customParameters": {
+                        "tenant_id": tenant.to_string(),
+                        "campaign_id": Uuid::new_v4().to_string(),
+                        "lead_id": Uuid::new_v4().to_string(),
+                        "token": ids.token,
+                    },
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            })
+            .to_string(),
+        ],
+        LoadProtocol::Audiofork => vec![serde_json::json!({
+            "callSid": ids.external_id,
+            "sampleRate": 16000,
+            "mixType": "mono",
+            "tenant_id": tenant,
+            "campaign_id": Uuid::new_v4(),
+            "lead_id": Uuid::new_v4(),
+        })
+        .to_string()],
     }
 }
