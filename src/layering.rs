@@ -6,6 +6,7 @@
 //!   `webhooks`, `ingress`) over the shared `state`, then `call` (the actor tree: a call, its
 //!   persister, its registry), the `stt` actors it owns, `transcript` (what the STT actors
 //!   feed), the pure `media` codecs, `metrics`, `store`, and the leaves.
+//! - Unit tests (`#[cfg(test)]` blocks and `tests.rs` files) are not part of the graph.
 //! - No cycle among all modules, file by file (a module using what it contains is not an edge:
 //!   `call/mod.rs` may name `call::actor`; `call::actor` naming `call::registry` and back
 //!   would be a cycle).
@@ -72,6 +73,9 @@ fn modules(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
         } else if path.extension().is_some_and(|e| e == "rs") {
             let module = match (prefix, name.as_str()) {
                 ("", "lib" | "main") => continue,
+                // A module's unit tests in their own file (`egress/tests.rs`): test code, like
+                // the `#[cfg(test)]` blocks cut off in `code`.
+                (_, "tests") => continue,
                 (_, "mod") => prefix.to_string(),
                 _ => join(&name),
             };

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod sources;
+mod validate;
+
+use sources::{apply_env, merge, read_toml};
+
 pub use crate::call::CallSettings;
 pub use crate::media::MediaSettings;
 pub use crate::secret::Secret;
@@ -239,124 +244,6 @@ impl Settings {
         Ok(settings)
     }
 
-    fn validate(&self, origins: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        let fail = |key: &str, message: String| invalid(key, &origin_note(origins, key), message);
-        self.bind.parse::<SocketAddr>().map_err(|err| {
-            fail(
-                "bind",
-                format!("{err} (expected HOST:PORT, e.g. 127.0.0.1:8080)"),
-            )
-        })?;
-        let m = &self.media;
-        for (key, value) in [
-            (
-                "webhooks.default_tenant_id",
-                &self.webhooks.default_tenant_id,
-            ),
-            ("media.default_tenant_id", &m.default_tenant_id),
-            ("media.audiosocket_tenant_id", &m.audiosocket_tenant_id),
-        ] {
-            if !value.is_empty() && uuid::Uuid::parse_str(value).is_err() {
-                return Err(fail(key, format!("must be a UUID, got {value:?}")));
-            }
-        }
-        if !m.audiosocket_bind.is_empty() {
-            m.audiosocket_bind.parse::<SocketAddr>().map_err(|err| {
-                fail(
-                    "media.audiosocket_bind",
-                    format!("{err} (expected HOST:PORT)"),
-                )
-            })?;
-            if m.audiosocket_tenant_id.is_empty() {
-                return Err(fail(
-                    "media.audiosocket_tenant_id",
-                    "is required when media.audiosocket_bind is set".into(),
-                ));
-            }
-        }
-        for entry in m.audiosocket_allow.split(',').map(str::trim) {
-            if entry != "*" && !entry.is_empty() && entry.parse::<std::net::IpAddr>().is_err() {
-                return Err(fail(
-                    "media.audiosocket_allow",
-                    format!("{entry:?} is not an IP address (or *)"),
-                ));
-            }
-        }
-        if let Err(message) =
-            crate::postcall::deliver::parse_schedule(&self.postcall.webhook_retry_secs)
-        {
-            return Err(fail("postcall.webhook_retry_secs", message));
-        }
-        if m.handshake_timeout_ms == 0 {
-            return Err(fail(
-                "media.handshake_timeout_ms",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.node_id.trim().is_empty() || self.node_id.len() > 128 {
-            return Err(fail("node_id", "must be 1 to 128 characters".into()));
-        }
-        if self.database.pool_size > 1_000 {
-            return Err(fail("database.pool_size", "must be at most 1000".into()));
-        }
-        let db = &self.database;
-        for (key, value) in [
-            ("database.connect_timeout_ms", db.connect_timeout_ms),
-            ("database.acquire_timeout_ms", db.acquire_timeout_ms),
-            ("database.readiness_timeout_ms", db.readiness_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(fail(key, "must be greater than 0".into()));
-            }
-        }
-        if self.calls.default_cost_per_second_micros < 0 {
-            return Err(fail(
-                "calls.default_cost_per_second_micros",
-                "must not be negative".into(),
-            ));
-        }
-        if self.calls.postcall_max_attempts < 1 {
-            return Err(fail(
-                "calls.postcall_max_attempts",
-                "must be at least 1".into(),
-            ));
-        }
-        self.database_url()
-            .map_err(|err| fail("database.url", err.to_string()))?;
-        if !["scripted", "deepgram", "flux", "whisper"].contains(&self.stt.provider.as_str()) {
-            return Err(fail(
-                "stt.provider",
-                format!(
-                    "unknown provider {:?} (available: whisper, scripted, deepgram, flux)",
-                    self.stt.provider
-                ),
-            ));
-        }
-        self.stt
-            .scripted
-            .load_lines()
-            .map_err(|err| fail("stt.scripted", err))?;
-        if let Some(key) = &self.security.node_key {
-            crate::crypto::NodeKey::from_base64(key.expose())
-                .map_err(|err| fail("security.node_key", err.to_string()))?;
-        }
-        self.egress
-            .validate()
-            .map_err(|(key, message)| fail(key, message))?;
-        for (key, value) in [
-            ("calls.idle_timeout_secs", self.calls.idle_timeout_secs),
-            ("calls.finish_timeout_secs", self.calls.finish_timeout_secs),
-            ("calls.start_timeout_secs", self.calls.start_timeout_secs),
-            ("stt.restart_window_secs", self.stt.restart_window_secs),
-            ("stt.audio_queue_frames", self.stt.audio_queue_frames as u64),
-        ] {
-            if value == 0 {
-                return Err(fail(key, "must be greater than 0".into()));
-            }
-        }
-        Ok(())
-    }
-
     /// The socket address to listen on (validated at load).
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.bind
@@ -388,119 +275,6 @@ fn origin_note(origins: &BTreeMap<String, String>, key: &str) -> String {
         .get(key)
         .map(|var| format!(" (from {var})"))
         .unwrap_or_default()
-}
-
-fn read_toml(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|err| ConfigError::Toml {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    })?;
-    serde_json::to_value(table).map_err(|err| ConfigError::Toml {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    })
-}
-
-/// Overlays `layer` onto `base`, table by table.
-fn merge(base: &mut Value, layer: Value) {
-    match (base, layer) {
-        (Value::Object(base), Value::Object(layer)) => {
-            for (key, value) in layer {
-                match base.get_mut(&key) {
-                    Some(slot) => merge(slot, value),
-                    None => {
-                        base.insert(key, value);
-                    }
-                }
-            }
-        }
-        (slot, value) => *slot = value,
-    }
-}
-
-/// Applies `CALLENGINE_*` and `DATABASE_URL` variables; returns which variable set each key.
-fn apply_env(
-    tree: &mut Value,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| {
-            name == "DATABASE_URL"
-                || (name.starts_with(ENV_PREFIX)
-                    && name != CONFIG_FILE_ENV
-                    && !name.starts_with(LOADGEN_ENV_PREFIX))
-        })
-        .collect();
-    // DATABASE_URL first so that CALLENGINE_DATABASE__URL, applied later, wins.
-    vars.sort_by_key(|(name, _)| name != "DATABASE_URL");
-    let mut origins = BTreeMap::new();
-    for (name, raw) in vars {
-        let path: Vec<String> = if name == "DATABASE_URL" {
-            vec!["database".into(), "url".into()]
-        } else {
-            name[ENV_PREFIX.len()..]
-                .split("__")
-                .map(str::to_ascii_lowercase)
-                .collect()
-        };
-        if path.iter().any(String::is_empty) {
-            return Err(ConfigError::Env {
-                var: name,
-                message: "empty key segment".into(),
-            });
-        }
-        set_path(tree, &path, &raw).map_err(|message| ConfigError::Env {
-            var: name.clone(),
-            message,
-        })?;
-        origins.insert(path.join("."), name);
-    }
-    Ok(origins)
-}
-
-/// Sets one key from an environment string, typed after the value it replaces.
-fn set_path(tree: &mut Value, path: &[String], raw: &str) -> Result<(), String> {
-    let mut node = tree;
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    for key in parents {
-        let map = node.as_object_mut().ok_or("not a table")?;
-        node = map
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    let map = node
-        .as_object_mut()
-        .ok_or_else(|| format!("`{}` is not a table", parents.join(".")))?;
-    let value = match map.get(last) {
-        Some(Value::Bool(_)) => match raw.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Value::Bool(true),
-            "false" | "0" | "no" | "off" => Value::Bool(false),
-            _ => return Err(format!("expected true or false, got {raw:?}")),
-        },
-        Some(Value::Number(n)) if n.is_f64() => raw
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map(Value::Number)
-            .ok_or_else(|| format!("expected a number, got {raw:?}"))?,
-        Some(Value::Number(_)) => raw
-            .trim()
-            .parse::<i64>()
-            .map(Value::from)
-            .map_err(|_| format!("expected an integer, got {raw:?}"))?,
-        Some(Value::Object(_)) | Some(Value::Array(_)) => {
-            return Err("this key is a table or list and cannot be set from the environment".into())
-        }
-        _ => Value::String(raw.to_string()),
-    };
-    map.insert(last.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]
