@@ -245,7 +245,10 @@ impl Store {
         Ok(swept)
     }
 
-    /// The shared end-of-call transaction; `ended_at = None` means "at last activity".
+    /// The shared end-of-call transaction; `ended_at = None` means "at last activity". One
+    /// transaction written once for both backends inside `with_conn!` (its body is expanded per
+    /// connection type, so it cannot be cut into generic helpers without naming diesel's
+    /// backend bounds); what it decides is the pure [`EndPlan`].
     async fn finish(
         &self,
         call_id: Uuid,
@@ -294,19 +297,8 @@ impl Store {
                     .await
                     .optional()?;
                 let (rate, config) = tenant.map_or((None, None), |(rate, config)| (Some(rate), config));
-                let expects_recording = row.recording_expected
-                    || config.is_some_and(|c| c.0["expect_recording"] == serde_json::Value::Bool(true));
-                let waiting = expects_recording && recording_url.is_none() && row.recording_url.is_none();
-                let run_at = match waiting {
-                    true => DbTime::from(now.0 + chrono::Duration::from_std(recording_wait).unwrap_or_default()),
-                    false => now,
-                };
-                let postcall_status = if waiting { POSTCALL_WAITING } else { POSTCALL_PENDING };
-                let ended = ended_at.map(DbTime::from).unwrap_or(row.last_activity_at).max(row.started_at);
-                let seconds = billable_seconds(row.started_at.0, ended.0);
-                let cost = seconds
-                    .checked_mul(rate.unwrap_or(default_rate))
-                    .ok_or_else(|| StoreError::InvalidInput("call cost overflows".into()))?;
+                let end = EndPlan::new(&row, rate.unwrap_or(default_rate), config.as_ref(), ended_at, recording_url.is_some(), recording_wait, now)?;
+                let EndPlan { ended, seconds, cost, run_at, postcall_status } = end;
                 let turns: Vec<Turn> = convert_all(turns)?;
                 let (text, transcript) = materialise_transcript(&turns);
                 diesel::update(calls::table.find(id))
@@ -396,6 +388,58 @@ pub(super) fn new_call_row(new: &NewCall, node_id: &str) -> CallRow {
     }
 }
 
+/// What ending a call writes, decided from its row alone: the end (never before the start), the
+/// billable seconds and their cost, and whether the post-call job waits for a recording.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct EndPlan {
+    ended: DbTime,
+    seconds: i64,
+    cost: i64,
+    run_at: DbTime,
+    postcall_status: &'static str,
+}
+
+impl EndPlan {
+    fn new(
+        row: &CallRow,
+        rate: i64,
+        config: Option<&DbJson>,
+        ended_at: Option<DateTime<Utc>>,
+        recording_given: bool,
+        recording_wait: std::time::Duration,
+        now: DbTime,
+    ) -> Result<Self, StoreError> {
+        let expects_recording = row.recording_expected
+            || config.is_some_and(|c| c.0["expect_recording"] == serde_json::Value::Bool(true));
+        let waiting = expects_recording && !recording_given && row.recording_url.is_none();
+        let run_at = match waiting {
+            true => {
+                DbTime::from(now.0 + chrono::Duration::from_std(recording_wait).unwrap_or_default())
+            }
+            false => now,
+        };
+        let ended = ended_at
+            .map(DbTime::from)
+            .unwrap_or(row.last_activity_at)
+            .max(row.started_at);
+        let seconds = billable_seconds(row.started_at.0, ended.0);
+        let cost = seconds
+            .checked_mul(rate)
+            .ok_or_else(|| StoreError::InvalidInput("call cost overflows".into()))?;
+        Ok(Self {
+            ended,
+            seconds,
+            cost,
+            run_at,
+            postcall_status: if waiting {
+                POSTCALL_WAITING
+            } else {
+                POSTCALL_PENDING
+            },
+        })
+    }
+}
+
 /// What an end writes besides status and times.
 #[derive(Default, Clone, Copy)]
 struct EndDetails<'a> {
@@ -444,6 +488,52 @@ pub fn billable_seconds(started: DateTime<Utc>, ended: DateTime<Utc>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_end_is_planned_from_the_row_alone() {
+        let start = Utc::now();
+        let mut row = new_call_row(
+            &NewCall {
+                id: None,
+                tenant_id: Uuid::new_v4(),
+                campaign_id: None,
+                lead_id: None,
+                phone_number: None,
+                external_id: None,
+                protocol: Protocol::Voice,
+                direction: Direction::Inbound,
+                started_at: start,
+                media_metadata: None,
+            },
+            "n",
+        );
+        let now = DbTime::from(start + chrono::Duration::seconds(10));
+        let wait = std::time::Duration::from_secs(300);
+        // An end given before the start counts from the start: 0 s, nothing to wait for.
+        let early = Some(start - chrono::Duration::seconds(5));
+        let plan = EndPlan::new(&row, 1_000, None, early, false, wait, now).unwrap();
+        assert_eq!(
+            (plan.ended, plan.seconds, plan.cost),
+            (row.started_at, 0, 0)
+        );
+        assert_eq!((plan.run_at, plan.postcall_status), (now, POSTCALL_PENDING));
+        // 2.5 s are 3 billable seconds; an expected recording not yet here delays the job.
+        row.recording_expected = true;
+        let end = Some(start + chrono::Duration::milliseconds(2_500));
+        let plan = EndPlan::new(&row, 7, None, end, false, wait, now).unwrap();
+        assert_eq!((plan.seconds, plan.cost), (3, 21));
+        assert_eq!(plan.postcall_status, POSTCALL_WAITING);
+        assert_eq!(plan.run_at.0, now.0 + chrono::Duration::seconds(300));
+        // The engine's own recording comes with the end: no wait.
+        let plan = EndPlan::new(&row, 7, None, end, true, wait, now).unwrap();
+        assert_eq!(plan.postcall_status, POSTCALL_PENDING);
+        // A tenant that expects recordings, and a cost that overflows.
+        row.recording_expected = false;
+        let config = DbJson(serde_json::json!({"expect_recording": true}));
+        let plan = EndPlan::new(&row, 7, Some(&config), end, false, wait, now).unwrap();
+        assert_eq!(plan.postcall_status, POSTCALL_WAITING);
+        assert!(EndPlan::new(&row, i64::MAX, None, end, false, wait, now).is_err());
+    }
 
     #[test]
     fn billing_counts_every_started_second() {

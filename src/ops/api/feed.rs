@@ -71,7 +71,6 @@ pub async fn events(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     use crate::call::events::{Holder, Scope};
-    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     let filter = query.into_inner();
     let (holder, scope) = match who {
         Caller::Admin => (
@@ -107,39 +106,9 @@ pub async fn events(
     let feed = futures_util::stream::unfold(start, move |mut feed| {
         let state = state.clone();
         async move {
-            loop {
-                let chunk = if feed.closing {
-                    match feed.subscription.try_recv() {
-                        Ok(event) => match sse_event(&event, who, filter) {
-                            Some(chunk) => chunk,
-                            None => continue,
-                        },
-                        Err(TryRecvError::Lagged(missed)) => sse_lagged(missed),
-                        Err(_) => return None,
-                    }
-                } else {
-                    match tokio::time::timeout(TICK, feed.subscription.recv()).await {
-                        Err(_) => {
-                            if state.is_draining() && calls_drained(&state).await {
-                                feed.closing = true;
-                                continue;
-                            }
-                            if feed.last_write.elapsed() < KEEPALIVE {
-                                continue;
-                            }
-                            web::Bytes::from_static(b": keep-alive\n\n")
-                        }
-                        Ok(Ok(event)) => match sse_event(&event, who, filter) {
-                            Some(chunk) => chunk,
-                            None => continue,
-                        },
-                        Ok(Err(RecvError::Lagged(missed))) => sse_lagged(missed),
-                        Ok(Err(RecvError::Closed)) => return None,
-                    }
-                };
-                feed.last_write = std::time::Instant::now();
-                return Some((Ok(chunk), feed));
-            }
+            let chunk = next_chunk(&mut feed, &state, who, filter).await?;
+            feed.last_write = std::time::Instant::now();
+            Some((Ok(chunk), feed))
         }
     });
     use futures_util::StreamExt as _;
@@ -148,4 +117,47 @@ pub async fn events(
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(hello.chain(feed))
+}
+
+/// The feed's next chunk: an event for this reader, a `lagged` notice or a keep-alive. `None`
+/// ends the stream: the channel closed, or the node drained and every event left was sent.
+async fn next_chunk(
+    feed: &mut FeedState,
+    state: &AppState,
+    who: Caller,
+    filter: EventsQuery,
+) -> Option<web::Bytes> {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    loop {
+        let chunk = if feed.closing {
+            match feed.subscription.try_recv() {
+                Ok(event) => match sse_event(&event, who, filter) {
+                    Some(chunk) => chunk,
+                    None => continue,
+                },
+                Err(TryRecvError::Lagged(missed)) => sse_lagged(missed),
+                Err(_) => return None,
+            }
+        } else {
+            match tokio::time::timeout(TICK, feed.subscription.recv()).await {
+                Err(_) => {
+                    if state.is_draining() && calls_drained(state).await {
+                        feed.closing = true;
+                        continue;
+                    }
+                    if feed.last_write.elapsed() < KEEPALIVE {
+                        continue;
+                    }
+                    web::Bytes::from_static(b": keep-alive\n\n")
+                }
+                Ok(Ok(event)) => match sse_event(&event, who, filter) {
+                    Some(chunk) => chunk,
+                    None => continue,
+                },
+                Ok(Err(RecvError::Lagged(missed))) => sse_lagged(missed),
+                Ok(Err(RecvError::Closed)) => return None,
+            }
+        };
+        return Some(chunk);
+    }
 }
