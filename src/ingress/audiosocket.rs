@@ -123,26 +123,8 @@ async fn session(
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(state.media.handshake_timeout_ms);
     // Handshake: the first message must be the call's UUID.
-    let uuid = loop {
-        match decoder.next_frame() {
-            Ok(Some(Frame::Uuid(uuid))) => break uuid,
-            Ok(Some(other)) => {
-                tracing::warn!(%peer, ?other, "AudioSocket session refused: the first message is not the UUID");
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(%peer, error = %err, "AudioSocket session refused");
-                return;
-            }
-            Ok(None) => {}
-        }
-        match tokio::time::timeout_at(deadline, read.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => decoder.push(&buf[..n]),
-            _ => {
-                tracing::warn!(%peer, "AudioSocket session ended before its UUID");
-                return;
-            }
-        }
+    let Some(uuid) = read_uuid(&mut read, &mut decoder, &mut buf, deadline, peer).await else {
+        return;
     };
     // A call registered beforehand through the API with this UUID gives the tenant, campaign
     // and lead; otherwise the listener's tenant.
@@ -191,17 +173,7 @@ async fn session(
     };
     let (events_tx, events_rx) = mpsc::channel::<MediaEvent>(EVENT_QUEUE);
     actix_web::rt::spawn(read_loop(read, decoder, buf, events_tx));
-    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(16);
-    actix_web::rt::spawn(async move {
-        while let Some(message) = out_rx.recv().await {
-            if let Outbound::Close(..) = message {
-                let _ = write.write_all(&[0x00, 0x00, 0x00]).await;
-                let _ = write.shutdown().await;
-                return;
-            }
-        }
-        let _ = write.shutdown().await;
-    });
+    let out_tx = spawn_writer(write);
     let input = futures_util::stream::unfold(events_rx, |mut rx| async move {
         rx.recv().await.map(|event| (event, rx))
     })
@@ -216,6 +188,53 @@ async fn session(
     .start();
 }
 
+/// The handshake: the first message must be the call's UUID, within the deadline.
+async fn read_uuid(
+    read: &mut tokio::net::tcp::OwnedReadHalf,
+    decoder: &mut Decoder,
+    buf: &mut [u8],
+    deadline: tokio::time::Instant,
+    peer: SocketAddr,
+) -> Option<uuid::Uuid> {
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(Frame::Uuid(uuid))) => return Some(uuid),
+            Ok(Some(other)) => {
+                tracing::warn!(%peer, ?other, "AudioSocket session refused: the first message is not the UUID");
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "AudioSocket session refused");
+                return None;
+            }
+            Ok(None) => {}
+        }
+        match tokio::time::timeout_at(deadline, read.read(buf)).await {
+            Ok(Ok(n)) if n > 0 => decoder.push(&buf[..n]),
+            _ => {
+                tracing::warn!(%peer, "AudioSocket session ended before its UUID");
+                return None;
+            }
+        }
+    }
+}
+
+/// The session's one writer: nothing is sent back but the hang-up (kind 0x00) on the close.
+fn spawn_writer(mut write: tokio::net::tcp::OwnedWriteHalf) -> mpsc::Sender<Outbound> {
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(16);
+    actix_web::rt::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            if let Outbound::Close(..) = message {
+                let _ = write.write_all(&[0x00, 0x00, 0x00]).await;
+                let _ = write.shutdown().await;
+                return;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    out_tx
+}
+
 async fn read_loop(
     mut read: tokio::net::tcp::OwnedReadHalf,
     mut decoder: Decoder,
@@ -228,40 +247,8 @@ async fn read_loop(
             let event = match decoder.next_frame() {
                 Ok(None) => break,
                 Ok(Some(Frame::Audio { sample_rate, pcm })) => {
-                    if pcm.len() % 2 != 0 || pcm.is_empty() {
-                        send(
-                            &events,
-                            MediaEvent::Invalid(format!(
-                                "{} bytes of slin is not whole samples",
-                                pcm.len()
-                            )),
-                        )
-                        .await;
-                        continue;
-                    }
-                    if normalizer
-                        .as_ref()
-                        .is_none_or(|n| n.format().sample_rate != sample_rate)
-                    {
-                        normalizer = Normalizer::new(AudioFormat {
-                            encoding: Encoding::L16,
-                            sample_rate,
-                            channels: 1,
-                        })
-                        .ok();
-                    }
-                    let mut frames = Vec::new();
-                    if let Some(n) = normalizer.as_mut() {
-                        for (channel, pcm, source) in n.push_events(&bytes::Bytes::from(pcm)) {
-                            frames.push(MediaEvent::Audio {
-                                channel,
-                                pcm,
-                                source,
-                            });
-                        }
-                    }
-                    for frame in frames {
-                        if !send(&events, frame).await {
+                    for event in audio_events(&mut normalizer, sample_rate, pcm) {
+                        if !send(&events, event).await {
                             return;
                         }
                     }
@@ -316,6 +303,43 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// An audio message as the call's events: 16 kHz frames (the normaliser follows the rate
+/// each message names), or `Invalid` for a payload that is not whole samples.
+fn audio_events(
+    normalizer: &mut Option<Normalizer>,
+    sample_rate: u32,
+    pcm: Vec<u8>,
+) -> Vec<MediaEvent> {
+    if !pcm.len().is_multiple_of(2) || pcm.is_empty() {
+        return vec![MediaEvent::Invalid(format!(
+            "{} bytes of slin is not whole samples",
+            pcm.len()
+        ))];
+    }
+    if normalizer
+        .as_ref()
+        .is_none_or(|n| n.format().sample_rate != sample_rate)
+    {
+        *normalizer = Normalizer::new(AudioFormat {
+            encoding: Encoding::L16,
+            sample_rate,
+            channels: 1,
+        })
+        .ok();
+    }
+    let Some(n) = normalizer.as_mut() else {
+        return Vec::new();
+    };
+    n.push_events(&bytes::Bytes::from(pcm))
+        .into_iter()
+        .map(|(channel, pcm, source)| MediaEvent::Audio {
+            channel,
+            pcm,
+            source,
+        })
+        .collect()
 }
 
 /// False when the call is gone.

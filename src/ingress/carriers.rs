@@ -246,6 +246,37 @@ pub async fn twilio_ws(
     })
 }
 
+/// Twilio's handshake: `connected` (optional), then `start` within the deadline.
+async fn twilio_start(
+    stream: &mut MessageStream,
+    session: &mut Session,
+    deadline: tokio::time::Instant,
+) -> Result<Box<twilio::TwilioStart>, String> {
+    loop {
+        let text = next_text(stream, session, deadline).await?;
+        match twilio::parse(&text)? {
+            TwilioMessage::Connected => continue,
+            TwilioMessage::Start(start) => return Ok(start),
+            other => return Err(format!("expected connected or start first, got {other:?}")),
+        }
+    }
+}
+
+/// The audio a Twilio `start` announces (μ-law unless it says A-law or L16).
+fn twilio_format(start: &twilio::TwilioStart) -> Result<AudioFormat, String> {
+    let encoding = match start.encoding.to_ascii_lowercase().as_str() {
+        "audio/x-mulaw" => Encoding::Mulaw,
+        "audio/x-alaw" => Encoding::Alaw,
+        "audio/x-l16" | "audio/l16" => Encoding::L16,
+        other => return Err(format!("unsupported Twilio media encoding {other:?}")),
+    };
+    Ok(AudioFormat {
+        encoding,
+        sample_rate: start.sample_rate,
+        channels: start.channels,
+    })
+}
+
 async fn twilio_session(
     state: web::Data<AppState>,
     mut session: Session,
@@ -255,36 +286,11 @@ async fn twilio_session(
 ) {
     let deadline = handshake_deadline(&state);
     let mut tracker = SequenceTracker::default();
-    let start = loop {
-        let text = match next_text(&mut stream, &mut session, deadline).await {
-            Ok(text) => text,
-            Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
-        };
-        match twilio::parse(&text) {
-            Ok(TwilioMessage::Connected) => continue,
-            Ok(TwilioMessage::Start(start)) => break start,
-            Ok(other) => {
-                let reason = format!("expected connected or start first, got {other:?}");
-                return refuse(session, Protocol::Twilio, 4000, reason).await;
-            }
-            Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
-        }
+    let start = match twilio_start(&mut stream, &mut session, deadline).await {
+        Ok(start) => start,
+        Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
     };
-    let encoding = match start.encoding.to_ascii_lowercase().as_str() {
-        "audio/x-mulaw" => Encoding::Mulaw,
-        "audio/x-alaw" => Encoding::Alaw,
-        "audio/x-l16" | "audio/l16" => Encoding::L16,
-        other => {
-            let reason = format!("unsupported Twilio media encoding {other:?}");
-            return refuse(session, Protocol::Twilio, 4000, reason).await;
-        }
-    };
-    let format = AudioFormat {
-        encoding,
-        sample_rate: start.sample_rate,
-        channels: start.channels,
-    };
-    let mut normalizer = match Normalizer::new(format) {
+    let mut normalizer = match twilio_format(&start).and_then(Normalizer::new) {
         Ok(n) => n,
         Err(reason) => return refuse(session, Protocol::Twilio, 4000, reason).await,
     };

@@ -179,6 +179,8 @@ impl Store {
     /// with the call's next number. It starts with a write to the live call, which takes
     /// SQLite's write lock and PostgreSQL's row lock up front; two posts racing to create the
     /// same call meet the live-call unique index, and the loser is retried.
+    // Longer than most: one transaction written once for both backends inside `with_conn!`
+    // (expanded per connection type); the rows it writes are built by the pure helpers below.
     async fn try_append_webhook_turn(
         &self,
         turn: &WebhookTurn,
@@ -186,21 +188,9 @@ impl Store {
         let now = DbTime::from(Utc::now());
         let tenant = DbUuid(turn.tenant_id);
         let conversation = turn.conversation_id.as_str();
-        let new = NewCall {
-            id: None,
-            tenant_id: turn.tenant_id,
-            campaign_id: None,
-            lead_id: None,
-            phone_number: None,
-            external_id: Some(turn.conversation_id.clone()),
-            protocol: turn.protocol,
-            direction: Direction::Inbound,
-            started_at: turn.at,
-            media_metadata: None,
-        };
         // Not this node's media: a restart's sweep of this node's live calls must not end a
         // conversation the platform is still posting (the stale-call sweep still applies).
-        let fresh = new_call_row(&new, WEBHOOK_NODE);
+        let fresh = new_call_row(&conversation_call(turn), WEBHOOK_NODE);
         let fresh = &fresh;
         let key = webhook_turn_key(turn);
         let key = key.as_str();
@@ -258,22 +248,7 @@ impl Store {
                     diesel::insert_into(calls::table).values(fresh).execute(conn).await?;
                     (fresh.clone(), true)
                 };
-                let start_ms = (turn.at - call.started_at.0).num_milliseconds().max(0);
-                let row = TurnRow {
-                    id: DbUuid(Uuid::new_v4()),
-                    call_id: call.id,
-                    seq: 0,
-                    speaker: turn.speaker.clone(),
-                    speaker_label: Some(turn.speaker_label.clone()),
-                    text: turn.text.clone(),
-                    is_final: true,
-                    start_ms: Some(start_ms),
-                    end_ms: None,
-                    confidence: None,
-                    source: TurnSource::Webhook.as_str().into(),
-                    created_at: now,
-                    turn_key: Some(key.to_string()),
-                };
+                let row = webhook_turn_row(turn, &call, key, now);
                 let outcome = insert_numbered!(conn, call.id, std::slice::from_ref(&row))[0];
                 let created = matches!(outcome, AppendOutcome::Inserted { .. });
                 if created {
@@ -298,15 +273,13 @@ impl Store {
         })
     }
 
-    /// Saves a recording callback on its call (creating the call, ended, when this node never
-    /// saw it and the tenant is known) and, on `completed` for an ended call, queues the
-    /// post-call job — or re-queues a finished one — once per recording: a repeated callback
-    /// changes nothing.
-    pub async fn record_recording(
+    /// The call a recording callback is about: the tenant's newest call with that external id,
+    /// or a new one, already ended, known only from its recording. `true`: created here.
+    async fn recorded_call(
         &self,
         update: &RecordingUpdate,
-    ) -> Result<RecordingOutcome, StoreError> {
-        let now = Utc::now();
+        now: DateTime<Utc>,
+    ) -> Result<(Uuid, bool), StoreError> {
         let existing: Option<CallRow> = with_conn!(self, conn => {
             calls::table
                 .filter(calls::tenant_id.eq(DbUuid(update.tenant_id)))
@@ -317,7 +290,7 @@ impl Store {
                 .await
                 .optional()?
         });
-        let (call_id, call_created) = match existing {
+        Ok(match existing {
             Some(row) => (row.id.0, false),
             None => {
                 let tenant_id = update.tenant_id;
@@ -350,7 +323,20 @@ impl Store {
                 });
                 (row.id.0, true)
             }
-        };
+        })
+    }
+
+    /// Saves a recording callback on its call (creating the call, ended, when this node never
+    /// saw it and the tenant is known) and, on `completed` for an ended call, queues the
+    /// post-call job — or re-queues a finished one — once per recording: a repeated callback
+    /// changes nothing. Longer than most: its transaction is written once for both backends
+    /// inside `with_conn!` (expanded per connection type), so it stays in one piece.
+    pub async fn record_recording(
+        &self,
+        update: &RecordingUpdate,
+    ) -> Result<RecordingOutcome, StoreError> {
+        let now = Utc::now();
+        let (call_id, call_created) = self.recorded_call(update, now).await?;
         let max_attempts = self.options().postcall_max_attempts;
         let id = DbUuid(call_id);
         let stamp = DbTime::from(now);
@@ -376,7 +362,7 @@ impl Store {
                 if update.status != "completed" {
                     // The carrier announced a recording still being made: the post-call job
                     // (and its webhook) waits for it.
-                    if matches!(update.status.as_str(), "in-progress" | "in_progress" | "processing" | "started" | "recording") {
+                    if announces_recording(&update.status) {
                         diesel::update(calls::table.find(id))
                             .set(calls::recording_expected.eq(true))
                             .execute(conn)
@@ -388,23 +374,7 @@ impl Store {
                     return Ok(false);
                 }
                 let key = format!("{JOB_KIND_POSTCALL}:{call_id}");
-                let job = JobRow {
-                    id: DbUuid(Uuid::new_v4()),
-                    kind: JOB_KIND_POSTCALL.into(),
-                    call_id: Some(id),
-                    dedupe_key: Some(key.clone()),
-                    payload: DbJson(json!({ "call_id": call_id, "recording_id": update.recording_id })),
-                    status: JOB_STATUS_QUEUED.into(),
-                    attempts: 0,
-                    max_attempts,
-                    run_at: stamp,
-                    locked_by: None,
-                    locked_at: None,
-                    lease_expires_at: None,
-                    last_error: None,
-                    created_at: stamp,
-                    updated_at: stamp,
-                };
+                let job = recording_job(call_id, &update.recording_id, &key, max_attempts, stamp);
                 let inserted = diesel::insert_into(jobs::table)
                     .values(&job)
                     .on_conflict(jobs::dedupe_key)
@@ -469,5 +439,75 @@ impl Store {
             },
         )
         .await
+    }
+}
+
+/// The call a platform's conversation becomes on its first turn.
+fn conversation_call(turn: &WebhookTurn) -> NewCall {
+    NewCall {
+        id: None,
+        tenant_id: turn.tenant_id,
+        campaign_id: None,
+        lead_id: None,
+        phone_number: None,
+        external_id: Some(turn.conversation_id.clone()),
+        protocol: turn.protocol,
+        direction: Direction::Inbound,
+        started_at: turn.at,
+        media_metadata: None,
+    }
+}
+
+/// A posted turn as its row (numbered by the insert, keyed for exactly-once).
+fn webhook_turn_row(turn: &WebhookTurn, call: &CallRow, key: &str, now: DbTime) -> TurnRow {
+    TurnRow {
+        id: DbUuid(Uuid::new_v4()),
+        call_id: call.id,
+        seq: 0,
+        speaker: turn.speaker.clone(),
+        speaker_label: Some(turn.speaker_label.clone()),
+        text: turn.text.clone(),
+        is_final: true,
+        start_ms: Some((turn.at - call.started_at.0).num_milliseconds().max(0)),
+        end_ms: None,
+        confidence: None,
+        source: TurnSource::Webhook.as_str().into(),
+        created_at: now,
+        turn_key: Some(key.to_string()),
+    }
+}
+
+/// A carrier status that means a recording is still being made: the post-call job waits for it.
+fn announces_recording(status: &str) -> bool {
+    matches!(
+        status,
+        "in-progress" | "in_progress" | "processing" | "started" | "recording"
+    )
+}
+
+/// The post-call job a completed recording queues (one per call: `dedupe_key`).
+fn recording_job(
+    call_id: Uuid,
+    recording_id: &str,
+    key: &str,
+    max_attempts: i32,
+    stamp: DbTime,
+) -> JobRow {
+    JobRow {
+        id: DbUuid(Uuid::new_v4()),
+        kind: JOB_KIND_POSTCALL.into(),
+        call_id: Some(DbUuid(call_id)),
+        dedupe_key: Some(key.into()),
+        payload: DbJson(json!({ "call_id": call_id, "recording_id": recording_id })),
+        status: JOB_STATUS_QUEUED.into(),
+        attempts: 0,
+        max_attempts,
+        run_at: stamp,
+        locked_by: None,
+        locked_at: None,
+        lease_expires_at: None,
+        last_error: None,
+        created_at: stamp,
+        updated_at: stamp,
     }
 }

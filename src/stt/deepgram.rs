@@ -342,31 +342,11 @@ impl StreamTask {
         let (mut last_message, mut last_audio, mut last_keepalive) = (now(), now(), now());
         let mut awaiting_reply = false;
         let mut finalizing = false;
-        let end = |signals: &mpsc::UnboundedSender<SttSignal>,
-                   normalizer: &mut Normalizer,
-                   signal: SttSignal| {
-            if matches!(signal, SttSignal::Closed) {
-                for event in normalizer.on_close() {
-                    let _ = signals.send(SttSignal::Event(event));
-                }
-            }
-            let _ = signals.send(signal);
-        };
         loop {
             tokio::select! {
                 input = audio.recv(), if !finalizing => match input {
                     Some(SttInput::Audio { pcm, .. }) => {
-                        let sent = if chunk_bytes == 0 {
-                            sink.send(Message::Binary(pcm)).await
-                        } else {
-                            pending.extend_from_slice(&pcm);
-                            if pending.len() >= chunk_bytes {
-                                sink.send(Message::Binary(std::mem::take(&mut pending).into())).await
-                            } else {
-                                Ok(())
-                            }
-                        };
-                        if let Err(err) = sent {
+                        if let Err(err) = send_audio(&mut sink, &mut pending, chunk_bytes, pcm).await {
                             return end(&signals, &mut normalizer, SttSignal::Failed(SttFailure::retryable(format!("send failed: {err}"))));
                         }
                         last_audio = now();
@@ -374,54 +354,27 @@ impl StreamTask {
                     }
                     Some(SttInput::Finalize) => {
                         finalizing = true;
-                        if !pending.is_empty() {
-                            let _ = sink.send(Message::Binary(std::mem::take(&mut pending).into())).await;
-                        }
-                        if self.api == DeepgramApi::V1 {
-                            let _ = sink.send(Message::Text(r#"{"type":"Finalize"}"#.into())).await;
-                        }
-                        let _ = sink.send(Message::Text(r#"{"type":"CloseStream"}"#.into())).await;
+                        finalize(&mut sink, &mut pending, self.api).await;
                     }
                     None => {
                         let _ = sink.close().await;
                         return;
                     }
                 },
-                message = stream.next() => match message {
-                    Some(Ok(Message::Text(text))) => {
+                message = stream.next() => {
+                    if matches!(message, Some(Ok(Message::Text(_)))) {
                         last_message = now();
                         awaiting_reply = false;
-                        match normalizer.on_message(&text) {
-                            Normalised::Events(events) => {
-                                for event in events {
-                                    let _ = signals.send(SttSignal::Event(event));
-                                }
+                    }
+                    match hear(&mut normalizer, message, finalizing) {
+                        Heard::Events(events) => {
+                            for event in events {
+                                let _ = signals.send(SttSignal::Event(event));
                             }
-                            Normalised::Failure(failure) => return end(&signals, &mut normalizer, SttSignal::Failed(failure)),
                         }
+                        Heard::End(signal) => return end(&signals, &mut normalizer, signal),
                     }
-                    Some(Ok(Message::Close(frame))) => {
-                        if finalizing {
-                            return end(&signals, &mut normalizer, SttSignal::Closed);
-                        }
-                        let (code, reason) = frame.map_or((CloseCode::Status, String::new()), |f| (f.code, f.reason.to_string()));
-                        let message = format!("Deepgram closed the stream: {} {reason}", u16::from(code));
-                        let failure = match code {
-                            CloseCode::Policy => SttFailure::fatal(message),
-                            _ => SttFailure::retryable(message),
-                        };
-                        return end(&signals, &mut normalizer, SttSignal::Failed(failure));
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => {
-                        let signal = if finalizing { SttSignal::Closed } else { SttSignal::Failed(SttFailure::retryable(format!("connection dropped: {err}"))) };
-                        return end(&signals, &mut normalizer, signal);
-                    }
-                    None => {
-                        let signal = if finalizing { SttSignal::Closed } else { SttSignal::Failed(SttFailure::retryable("connection dropped")) };
-                        return end(&signals, &mut normalizer, signal);
-                    }
-                },
+                }
                 _ = tick.tick() => {
                     let t = now();
                     if !finalizing && awaiting_reply && t.duration_since(last_message) >= stall && t.duration_since(last_audio) < stall {
@@ -439,6 +392,100 @@ impl StreamTask {
                 }
             }
         }
+    }
+}
+
+/// The stream's last word to the STT actor; a clean close first flushes what the normaliser
+/// still holds (a pending Flux turn).
+fn end(signals: &mpsc::UnboundedSender<SttSignal>, normalizer: &mut Normalizer, signal: SttSignal) {
+    if matches!(signal, SttSignal::Closed) {
+        for event in normalizer.on_close() {
+            let _ = signals.send(SttSignal::Event(event));
+        }
+    }
+    let _ = signals.send(signal);
+}
+
+type Sink = futures_util::stream::SplitSink<Ws, Message>;
+
+/// Sends a frame as it came (v1), or gathers frames into the chunk size Flux requires.
+async fn send_audio(
+    sink: &mut Sink,
+    pending: &mut Vec<u8>,
+    chunk_bytes: usize,
+    pcm: bytes::Bytes,
+) -> Result<(), WsError> {
+    if chunk_bytes == 0 {
+        return sink.send(Message::Binary(pcm)).await;
+    }
+    pending.extend_from_slice(&pcm);
+    if pending.len() < chunk_bytes {
+        return Ok(());
+    }
+    sink.send(Message::Binary(std::mem::take(pending).into()))
+        .await
+}
+
+/// The end of the audio: what is gathered goes out, then `Finalize` (v1) and `CloseStream`;
+/// the provider's last results and its close follow.
+async fn finalize(sink: &mut Sink, pending: &mut Vec<u8>, api: DeepgramApi) {
+    if !pending.is_empty() {
+        let _ = sink
+            .send(Message::Binary(std::mem::take(pending).into()))
+            .await;
+    }
+    if api == DeepgramApi::V1 {
+        let _ = sink
+            .send(Message::Text(r#"{"type":"Finalize"}"#.into()))
+            .await;
+    }
+    let _ = sink
+        .send(Message::Text(r#"{"type":"CloseStream"}"#.into()))
+        .await;
+}
+
+/// What one message from Deepgram means for the call.
+enum Heard {
+    /// Transcript events to pass on (possibly none).
+    Events(Vec<SttEvent>),
+    /// The stream is over: closed as asked (while finalizing) or failed.
+    End(SttSignal),
+}
+
+/// Reads one message of the provider's socket: results become events; a close, an error or the
+/// socket's end is `Closed` while finalizing and a failure otherwise (a policy close — bad key,
+/// bad request — is fatal, anything else worth a reconnect).
+fn hear(
+    normalizer: &mut Normalizer,
+    message: Option<Result<Message, WsError>>,
+    finalizing: bool,
+) -> Heard {
+    let dropped = |why: String| {
+        Heard::End(if finalizing {
+            SttSignal::Closed
+        } else {
+            SttSignal::Failed(SttFailure::retryable(why))
+        })
+    };
+    match message {
+        Some(Ok(Message::Text(text))) => match normalizer.on_message(&text) {
+            Normalised::Events(events) => Heard::Events(events),
+            Normalised::Failure(failure) => Heard::End(SttSignal::Failed(failure)),
+        },
+        Some(Ok(Message::Close(_))) if finalizing => Heard::End(SttSignal::Closed),
+        Some(Ok(Message::Close(frame))) => {
+            let (code, reason) = frame.map_or((CloseCode::Status, String::new()), |f| {
+                (f.code, f.reason.to_string())
+            });
+            let message = format!("Deepgram closed the stream: {} {reason}", u16::from(code));
+            Heard::End(SttSignal::Failed(match code {
+                CloseCode::Policy => SttFailure::fatal(message),
+                _ => SttFailure::retryable(message),
+            }))
+        }
+        Some(Ok(_)) => Heard::Events(Vec::new()),
+        Some(Err(err)) => dropped(format!("connection dropped: {err}")),
+        None => dropped("connection dropped".into()),
     }
 }
 
