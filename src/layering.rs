@@ -7,6 +7,7 @@
 //!   persister, its registry), the `stt` actors it owns, `transcript` (what the STT actors
 //!   feed), the pure `media` codecs, `metrics`, `store`, and the leaves.
 //! - Unit tests (`#[cfg(test)]` blocks and `tests.rs` files) are not part of the graph.
+//! - No source file (tests aside) is over 500 lines.
 //! - No cycle among all modules, file by file (a module using what it contains is not an edge:
 //!   `call/mod.rs` may name `call::actor`; `call::actor` naming `call::registry` and back
 //!   would be a cycle).
@@ -271,6 +272,19 @@ mod tests {
         );
         let found = cycles(&graph);
         assert!(found.is_empty(), "import cycles: {found:#?}");
+    }
+
+    #[test]
+    fn no_source_file_is_over_500_lines() {
+        let mut sources = BTreeMap::new();
+        modules(&src(), "", &mut sources);
+        let long: Vec<(String, usize)> = sources
+            .iter()
+            .map(|(module, text)| (module.clone(), text.lines().count()))
+            .filter(|(_, lines)| *lines > 500)
+            .collect();
+        assert!(sources.len() > 50, "the sources were read");
+        assert!(long.is_empty(), "split these modules: {long:?}");
     }
 
     #[test]
