@@ -14,13 +14,7 @@ pub async fn scrape(req: actix_web::HttpRequest, state: web::Data<AppState>) -> 
         .flatten()
         .collect();
     if !accepted.is_empty() {
-        let given = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
+        let given = super::bearer(&req);
         // Every configured token is compared (no early exit on a match).
         let matched = accepted.iter().fold(false, |matched, token| {
             crate::crypto::constant_time_eq(given.as_bytes(), token.expose().as_bytes()) | matched

@@ -196,6 +196,18 @@ impl CallActor {
         }
     }
 
+    /// What this call reserves in the registry: its transport id and the call it links to.
+    fn claim(&self) -> Claim {
+        Claim {
+            external: self
+                .params
+                .external_id
+                .clone()
+                .map(|id| (self.params.protocol, id)),
+            call_id: self.params.call_id,
+        }
+    }
+
     fn send_event(&mut self, event: serde_json::Value) {
         if self
             .out
@@ -277,14 +289,7 @@ impl Actor for CallActor {
         // One actor per call: a second stream for a live transport id, or one linking into a
         // call another stream carries, is refused before it touches the row (media waits
         // meanwhile).
-        let claim = Claim {
-            external: self
-                .params
-                .external_id
-                .clone()
-                .map(|id| (self.params.protocol, id)),
-            call_id: self.params.call_id,
-        };
+        let claim = self.claim();
         if claim.external.is_none() && claim.call_id.is_none() {
             return self.start_call(ctx);
         }

@@ -83,14 +83,11 @@ impl CallActor {
             _ => (1011, format!("could not start the call: {err}")),
         };
         tracing::warn!(error = %err, code, "call refused at start");
-        self.deps.roster.release.do_send(ReleaseClaim {
-            external: self
-                .params
-                .external_id
-                .clone()
-                .map(|id| (self.params.protocol, id)),
-            call_id: self.params.call_id,
-        });
+        let Claim { external, call_id } = self.claim();
+        self.deps
+            .roster
+            .release
+            .do_send(ReleaseClaim { external, call_id });
         self.send_event(json!({ "type": "error", "message": message }));
         self.send_close(code, message);
         self.phase = Phase::Done;

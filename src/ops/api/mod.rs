@@ -43,13 +43,7 @@ fn denied(status: actix_web::http::StatusCode, message: &str) -> Box<HttpRespons
 /// (looked up by its SHA-256). Missing or unknown: 401, no data.
 async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpResponse>> {
     use actix_web::http::StatusCode;
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
+    let given = super::bearer(req);
     if given.is_empty() {
         return Err(denied(
             StatusCode::UNAUTHORIZED,
