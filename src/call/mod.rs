@@ -2,6 +2,7 @@
 //! the pure pieces they use (end reasons, the outbound writer).
 
 pub mod actor;
+pub mod client;
 pub mod end;
 pub mod events;
 pub mod limits;
@@ -9,6 +10,7 @@ pub mod outbound;
 pub mod persist;
 pub mod recorder;
 pub mod registry;
+pub mod session;
 pub mod settings;
 
 use std::sync::Arc;

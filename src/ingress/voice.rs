@@ -101,8 +101,8 @@ async fn reject(mut session: actix_ws::Session, refusal: Refusal) {
         ..refusal
     };
     tracing::warn!(code = refusal.code, reason = %refusal.reason, "voice session refused");
-    let event = serde_json::json!({ "type": "error", "message": refusal.reason });
-    let _ = session.text(event.to_string()).await;
+    let event = crate::call::client::ClientEvent::error(refusal.reason.clone());
+    let _ = session.text(event.to_json()).await;
     let reason = actix_ws::CloseReason {
         code: actix_ws::CloseCode::from(refusal.code),
         description: Some(refusal.reason),

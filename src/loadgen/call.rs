@@ -13,6 +13,7 @@ use super::progress::Progress;
 use super::protocol::Frames;
 use super::transport::{self, Link};
 use super::{chaos, feed, CallResult, LoadProtocol, LoadgenArgs, Told, FRAME_MS};
+use crate::call::client::ClientEvent;
 
 /// Where a call's events come from, each with its arrival time.
 type SeenRx = UnboundedReceiver<(Instant, Seen)>;
@@ -372,26 +373,39 @@ fn forget(plan: &CallPlan, external_id: &str) {
     }
 }
 
-/// An event of the generic socket.
+/// An event of the generic socket, read as the engine writes it ([`ClientEvent`]).
 pub(super) fn parse_event(text: &str) -> Option<Seen> {
-    parse_value(&serde_json::from_str(text).ok()?)
+    match serde_json::from_str::<ClientEvent>(text).ok()? {
+        ClientEvent::Call { call_id, .. } => Some(Seen::Started(call_id)),
+        ClientEvent::Final {
+            seq,
+            text,
+            speaker,
+            start_ms,
+            end_ms,
+        } => Some(Seen::Final {
+            seq: i64::from(seq),
+            text,
+            speaker: Some(speaker),
+            start_ms,
+            end_ms,
+        }),
+        ClientEvent::Error { message } => Some(Seen::Error(message)),
+        ClientEvent::Partial { .. } => None,
+    }
 }
 
-/// An event as a call sees it, in either vocabulary: the generic socket's (`call`, `final`,
-/// `error`) or the `/api/v1/events` feed's (`call.started`, `turn.final`, `call.ended`).
+/// An event of the `/api/v1/events` feed (`call.started`, `turn.final`, `call.ended`).
 pub(crate) fn parse_value(value: &serde_json::Value) -> Option<Seen> {
     match value["type"].as_str()? {
-        "call" | "call.started" => Some(Seen::Started(value["call_id"].as_str()?.parse().ok()?)),
-        "final" | "turn.final" => Some(Seen::Final {
+        "call.started" => Some(Seen::Started(value["call_id"].as_str()?.parse().ok()?)),
+        "turn.final" => Some(Seen::Final {
             seq: value["seq"].as_i64()?,
             text: value["text"].as_str().unwrap_or_default().to_string(),
             speaker: value["speaker"].as_str().map(String::from),
             start_ms: value["start_ms"].as_i64(),
             end_ms: value["end_ms"].as_i64(),
         }),
-        "error" => Some(Seen::Error(
-            value["message"].as_str().unwrap_or("error").to_string(),
-        )),
         "call.ended" => Some(Seen::Ended),
         _ => None,
     }
@@ -409,7 +423,9 @@ mod tests {
             Some(Seen::Started(got)) if got == id
         ));
         assert!(matches!(
-            parse_event(r#"{"type":"final","seq":2,"text":"hi","end_ms":1200}"#),
+            parse_event(
+                r#"{"type":"final","seq":2,"text":"hi","speaker":"contact","start_ms":0,"end_ms":1200}"#
+            ),
             Some(Seen::Final {
                 seq: 2,
                 end_ms: Some(1200),

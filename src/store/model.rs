@@ -220,6 +220,24 @@ pub struct NewTurn {
     pub source: TurnSource,
 }
 
+#[cfg(test)]
+impl NewTurn {
+    /// A final live turn of the caller (`contact`), for unit tests.
+    pub fn sample(text: &str) -> Self {
+        Self {
+            key: None,
+            speaker: "contact".into(),
+            speaker_label: None,
+            text: text.into(),
+            is_final: true,
+            start_ms: Some(0),
+            end_ms: Some(500),
+            confidence: None,
+            source: TurnSource::Realtime,
+        }
+    }
+}
+
 /// A stored turn.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Turn {

@@ -2,13 +2,20 @@
 //! completion → the one Close) and the backstop for an actor that stops without it.
 
 use super::*;
+use crate::store::CompletionOutcome;
+use crate::stt::actor::SttFinish;
+use crate::transcript::buffer::{FlushTranscript, PersistTurn};
 
 impl CallActor {
-    pub(super) fn begin_finish(&mut self, reason: EndReason, ctx: &mut Context<Self>) {
-        if matches!(self.phase, Phase::Finishing | Phase::Done) {
-            return;
-        }
-        self.phase = Phase::Finishing;
+    /// The finish sequence, spawned (not under `ctx.wait`, so commit acknowledgements that
+    /// arrive meanwhile still reach the client before the close); its result goes back to the
+    /// session.
+    pub(super) fn run_finish(
+        &mut self,
+        reason: EndReason,
+        dtmf: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
         let ended_at = Utc::now();
         let (stt, transcripts, persister) = (
             self.stt.clone(),
@@ -17,7 +24,6 @@ impl CallActor {
         );
         let finish_timeout = self.deps.finish_timeout;
         let (status, end_reason) = (reason.status(), reason.code_name().to_string());
-        let dtmf = Some(self.dtmf.clone()).filter(|d| !d.is_empty());
         let recording = self.recorder.as_mut().map(|r| r.finish());
         let sequence = async move {
             // Every channel's stream finalizes at once (each bounded by its own timeout).
@@ -63,22 +69,20 @@ impl CallActor {
                 )),
             }
         };
-        ctx.spawn(
-            sequence
-                .into_actor(self)
-                .map(move |result, act, ctx| act.complete(reason, result, ctx)),
-        );
+        ctx.spawn(sequence.into_actor(self).map(|result, act, ctx| {
+            let _span = act.span.clone().entered();
+            act.feed(Input::Finished(Box::new(result)), ctx)
+        }));
     }
 
-    pub(super) fn complete(
+    /// The finish sequence ended: the call's metrics and its last log line.
+    pub(super) fn completed(
         &mut self,
-        reason: EndReason,
-        result: Result<CompletionOutcome, String>,
-        ctx: &mut Context<Self>,
+        reason: &EndReason,
+        result: &Result<CompletionOutcome, String>,
     ) {
-        let _span = self.span.clone().entered();
         let metrics = &self.deps.metrics;
-        let protocol = self.params.protocol.to_string();
+        let protocol = self.session.params().protocol.to_string();
         if let Some(active) = self.active_gauge.take() {
             active.dec();
         }
@@ -89,7 +93,7 @@ impl CallActor {
                 reason: reason.code_name().into(),
             })
             .inc();
-        if let EndReason::SttFailed(_) = &reason {
+        if let EndReason::SttFailed(_) = reason {
             let provider = self.provider.as_ref().map_or("none", |p| p.name());
             metrics
                 .stt_failures
@@ -98,74 +102,38 @@ impl CallActor {
                 })
                 .inc();
         }
-        metrics
-            .unsent_turns
-            .dec_by(self.counters.unsent_turns as i64);
-        self.counters.unsent_turns = 0;
-        match &result {
+        let c = self.session.counters();
+        match result {
             Ok(outcome) => {
                 let call = outcome.call();
                 if let Some(seconds) = call.duration_seconds {
                     metrics
                         .duration_seconds
-                        .get_or_create(&crate::metrics::ProtocolLabels {
-                            protocol: protocol.clone(),
-                        })
+                        .get_or_create(&crate::metrics::ProtocolLabels { protocol })
                         .observe(seconds as f64);
                 }
                 tracing::info!(call_id = %call.id, status = %call.status, end_reason = reason.code_name(),
-                    duration_seconds = ?call.duration_seconds, turns = self.counters.turns,
-                    frames_invalid = self.counters.frames_invalid, frames_dropped = self.counters.frames_dropped, "call finished");
+                    duration_seconds = ?call.duration_seconds, turns = c.turns,
+                    frames_invalid = c.frames_invalid, frames_dropped = c.frames_dropped, "call finished");
             }
             Err(err) => {
-                tracing::error!(call_id = ?self.call_id, error = %err, "call finished without confirmed flush")
+                tracing::error!(call_id = ?self.session.call_id(), error = %err, "call finished without confirmed flush")
             }
         }
-        let (code, description) = reason.close();
-        if let Some(call_id) = self.call_id {
-            self.deps.events.publish(LiveEvent::CallEnded {
-                call_id,
-                tenant_id: self.params.tenant_id,
-                external_id: self.params.external_id.clone(),
-                reason: reason.code_name().into(),
-                turns: self.counters.turns,
-            });
-        }
-        self.send_close(code, description);
-        if let Some(call_id) = self.call_id {
-            self.deps.roster.unregister.do_send(Unregister { call_id });
-        }
-        self.phase = Phase::Done;
-        ctx.stop();
     }
 
-    /// The end of a call whose actor stops (or is dropped: a panic in a handler, its arbiter
-    /// gone) without finishing: the persister completes the row with `end_reason` on its own
-    /// arbiter (committed turns stay; queued ones are written first), the client gets the one
-    /// Close (1011), and the registry forgets the call. A no-op once the call finished.
-    pub(super) fn backstop(&mut self, end_reason: &str) {
-        if !matches!(self.phase, Phase::Live | Phase::Finishing) {
-            return;
-        }
-        tracing::error!(call_id = ?self.call_id, end_reason, "call actor ended without a finished flush");
+    /// The backstop's completion: the persister completes the row with `end_reason` on its
+    /// own arbiter (committed turns stay; queued ones are written first).
+    pub(super) fn abandon(&mut self, end_reason: &'static str, dtmf: Option<String>) {
         if let Some(persister) = &self.persister {
             persister.do_send(FinishCall {
                 status: crate::store::CallStatus::Completed,
                 end_reason: end_reason.into(),
                 ended_at: Utc::now(),
                 pending_partial: None,
-                dtmf: Some(self.dtmf.clone()).filter(|d| !d.is_empty()),
+                dtmf,
                 recording_url: None,
             });
         }
-        // No task spawned here (this may run in `Drop`): a full queue leaves the close to the
-        // writer, which sends 1011 once the call's sender is gone.
-        let _ = self
-            .out
-            .try_send(Outbound::Close(1011, "internal error".into()));
-        if let Some(call_id) = self.call_id {
-            self.deps.roster.unregister.do_send(Unregister { call_id });
-        }
-        self.phase = Phase::Done;
     }
 }

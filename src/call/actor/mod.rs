@@ -1,5 +1,8 @@
-//! The `CallActor`: one per call. Owns the media session, the call's children (`SttActor` under
-//! a supervisor, `TranscriptBuffer`, `Persister`), its lifecycle and its counters.
+//! The `CallActor`: one per call, the shell around its [`CallSession`]. It owns the media
+//! session and the call's children (`SttActor` under a supervisor, `TranscriptBuffer`,
+//! `Persister`); every rule of the call's life — start, audio accounting, idle watch, the one
+//! finish, the one Close, the backstop — is the session's, and the actor feeds it what happens
+//! ([`Input`]) and performs what it answers ([`Effect`], in `perform.rs`).
 //!
 //! Every end of a call goes through one [`Finish`] message and one finish sequence: finalize
 //! STT (bounded), flush the transcript buffer's pending partial, have the persister drain its
@@ -10,7 +13,7 @@
 //! `stopping` is a synchronous backstop for an actor stopped any other way.
 
 mod finish;
-mod media;
+mod perform;
 pub mod roster;
 mod snapshot;
 mod start;
@@ -18,32 +21,24 @@ mod start;
 pub use snapshot::{CallSnapshot, MailboxDepths, Snapshot};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::end::EndReason;
-use super::events::LiveEvent;
 use super::limits::CallPermit;
 use super::outbound::Outbound;
+use super::session::{CallSession, Effect, Input};
 use super::CallDeps;
-use crate::call::persist::{
-    CommittedTurn, FinishCall, PersistBacklog, Persister, StartCall, StartedCall, TurnsCommitted,
-};
+use crate::call::persist::{FinishCall, PersistBacklog, Persister, TurnsCommitted};
 use crate::media::{MediaEvent, MediaInput};
-use crate::store::{CompletionOutcome, Direction, LinkOutcome, NewCall, Protocol, StoreError};
-use crate::stt::actor::{SttActor, SttAudio, SttFinish, SttGaveUp, SttLinks, SttState, SttStatus};
-use crate::transcript::buffer::PersistTurn;
-use crate::transcript::buffer::{FlushTranscript, PartialUpdate, TranscriptBuffer};
+use crate::store::Protocol;
+use crate::stt::actor::{SttActor, SttGaveUp, SttStatus};
+use crate::transcript::buffer::{PartialUpdate, TranscriptBuffer};
 use roster::{Claim, Register, ReleaseClaim, Unregister};
-
-/// Invalid frames logged per call (all are counted).
-const INVALID_LOG_LIMIT: u64 = 5;
 
 pub use crate::media::CallParams;
 
@@ -52,42 +47,17 @@ pub use crate::media::CallParams;
 #[rtype(result = "()")]
 pub struct Finish(pub EndReason);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Starting,
-    Live,
-    Finishing,
-    Done,
+/// What the persister said about the tenant when the row was made, used once the call goes
+/// live.
+#[derive(Default)]
+struct TenantChoices {
+    stt_api_key: Option<crate::secret::Secret>,
+    record_calls: bool,
 }
-
-#[derive(Debug, Default)]
-struct Counters {
-    frames_in: u64,
-    frames_invalid: u64,
-    frames_dropped: u64,
-    text_ignored: u64,
-    client_events_dropped: u64,
-    turns: u64,
-    /// Highest turn number acknowledged to this call (numbers come from the database).
-    last_seq: i32,
-    last_persist_at: Option<DateTime<Utc>>,
-    persist_lag: Duration,
-    unsent_turns: usize,
-    stt_state: Option<SttState>,
-    stt_restarts: u32,
-    stt_dropped: u64,
-    frames_missing: u64,
-    audio_ms: u64,
-    audio_too_fast: bool,
-}
-
-/// Audio this far ahead of the wall clock is flagged (logged once, shown in the snapshot).
-const TOO_FAST_AHEAD_MS: u64 = 5_000;
 
 /// One live call.
 pub struct CallActor {
     deps: Arc<CallDeps>,
-    params: CallParams,
     input: Option<MediaInput>,
     out: mpsc::Sender<Outbound>,
     /// Held while the call lives: counts towards the node's and the tenant's limits.
@@ -102,8 +72,6 @@ pub struct CallActor {
     stt_mailbox: crate::metrics::mailbox::Depth,
     /// Replay-buffer bytes of this call's STT actors.
     replay_bytes: crate::metrics::mailbox::Bytes,
-    /// Finals each speaker's transcript buffer has assembled (from its partial updates).
-    finals_assembled: std::collections::HashMap<String, u32>,
     /// This actor in `callengine_actors{kind="call"}` (undone on drop).
     live: prometheus_client::metrics::gauge::Gauge,
     /// Counted in `calls_active` (undone exactly once at the end).
@@ -111,17 +79,18 @@ pub struct CallActor {
     /// One span per call (`call_id`, `tenant_id`, `protocol`), entered by every handler, so
     /// each log line of the call carries them (JSON logs: under `span`).
     span: tracing::Span,
-    dtmf: String,
-    phase: Phase,
-    call_id: Option<Uuid>,
-    created: Instant,
-    last_audio: Instant,
+    /// The call's lifecycle: every decision is made there.
+    session: CallSession,
+    tenant: TenantChoices,
+    /// Events the client's writer had no room for.
+    client_events_dropped: u64,
+    /// What `callengine_unsent_turns` holds for this call.
+    unsent_gauged: usize,
     persister: Option<Addr<Persister>>,
     /// One transcript buffer and one STT stream per audio channel.
     transcripts: Vec<Addr<TranscriptBuffer>>,
     stt: Vec<Addr<SttActor>>,
     provider: Option<Arc<dyn crate::stt::SttProvider>>,
-    counters: Counters,
 }
 
 impl CallActor {
@@ -173,83 +142,63 @@ impl CallActor {
             frames_lost,
             stt_mailbox,
             replay_bytes,
-            finals_assembled: std::collections::HashMap::new(),
             live,
             active_gauge: None,
             span,
+            session: CallSession::new(params, deps.idle_timeout, now),
+            tenant: TenantChoices::default(),
+            client_events_dropped: 0,
+            unsent_gauged: 0,
             deps,
-            params,
             input: Some(input),
             out,
             _permit: permit,
             recorder: None,
-            dtmf: String::new(),
-            phase: Phase::Starting,
-            call_id: None,
-            created: now,
-            last_audio: now,
             persister: None,
             transcripts: Vec::new(),
             stt: Vec::new(),
             provider: None,
-            counters: Counters::default(),
         }
     }
 
     /// What this call reserves in the registry: its transport id and the call it links to.
     fn claim(&self) -> Claim {
+        let params = self.session.params();
         Claim {
-            external: self
-                .params
-                .external_id
-                .clone()
-                .map(|id| (self.params.protocol, id)),
-            call_id: self.params.call_id,
+            external: params.external_id.clone().map(|id| (params.protocol, id)),
+            call_id: params.call_id,
         }
     }
 
-    fn send_event(&mut self, event: serde_json::Value) {
-        if self
-            .out
-            .try_send(Outbound::Text(event.to_string()))
-            .is_err()
-        {
-            self.counters.client_events_dropped += 1;
+    /// Feeds the session what happened now and performs what it answers.
+    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        self.session.handle_input(input, crate::clock::now());
+        while let Some(effect) = self.session.poll_output() {
+            self.perform(effect, Some(ctx));
+        }
+        self.gauge_unsent();
+    }
+
+    /// Keeps this call's share of `callengine_unsent_turns` equal to its session's count.
+    fn gauge_unsent(&mut self) {
+        let unsent = self.session.counters().unsent_turns;
+        if unsent != self.unsent_gauged {
+            self.deps
+                .metrics
+                .unsent_turns
+                .inc_by(unsent as i64 - self.unsent_gauged as i64);
+            self.unsent_gauged = unsent;
         }
     }
 
-    /// Sends the single Close frame (after everything queued before it).
-    fn send_close(&mut self, code: u16, description: String) {
-        let out = self.out.clone();
-        actix_web::rt::spawn(async move {
-            let _ = out.send(Outbound::Close(code, description)).await;
-        });
-    }
-
-    /// Tells the client and the event feed that `turn` is durable (only after its commit: a
-    /// client's `final` means the turn is stored).
-    fn announce_final(&mut self, committed: &CommittedTurn) {
-        let CommittedTurn { seq, turn } = committed;
-        if let (true, Some(call_id)) = (self.deps.events.listened(), self.call_id) {
-            self.deps.events.publish(LiveEvent::TurnFinal {
-                call_id,
-                tenant_id: self.params.tenant_id,
-                external_id: self.params.external_id.clone(),
-                seq: i64::from(*seq),
-                speaker: turn.speaker.clone(),
-                text: turn.text.clone(),
-                start_ms: turn.start_ms,
-                end_ms: turn.end_ms,
-            });
+    /// The backstop for an actor that stops (or is dropped) without finishing: no context
+    /// (this may run in `Drop`), so only effects that need none can follow.
+    fn backstop(&mut self, end_reason: &'static str) {
+        self.session
+            .handle_input(Input::Stopped(end_reason), crate::clock::now());
+        while let Some(effect) = self.session.poll_output() {
+            self.perform(effect, None);
         }
-        self.send_event(json!({
-            "type": "final",
-            "seq": seq,
-            "text": turn.text,
-            "speaker": turn.speaker,
-            "start_ms": turn.start_ms,
-            "end_ms": turn.end_ms,
-        }));
     }
 }
 
@@ -274,7 +223,7 @@ impl Handler<InjectPanic> for CallActor {
     type Result = ();
 
     fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        panic!("fault injected into call {:?}", self.call_id);
+        panic!("fault injected into call {:?}", self.session.call_id());
     }
 }
 
@@ -291,7 +240,7 @@ impl Actor for CallActor {
         // meanwhile).
         let claim = self.claim();
         if claim.external.is_none() && claim.call_id.is_none() {
-            return self.start_call(ctx);
+            return self.feed(Input::Claimed(true), ctx);
         }
         ctx.wait(
             self.deps
@@ -299,12 +248,10 @@ impl Actor for CallActor {
                 .claim
                 .send(claim)
                 .into_actor(self)
-                .map(|claimed, act, ctx| match claimed {
-                    Ok(true) => act.start_call(ctx),
-                    _ => act.refuse_twin(ctx),
-                }),
+                .map(|claimed, act, ctx| act.feed(Input::Claimed(claimed == Ok(true)), ctx)),
         );
     }
+
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
         let _span = self.span.clone().entered();
         if let Some(active) = self.active_gauge.take() {
@@ -323,12 +270,16 @@ impl Actor for CallActor {
 impl StreamHandler<MediaEvent> for CallActor {
     fn handle(&mut self, event: MediaEvent, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.on_media(event, ctx);
+        if matches!(event, MediaEvent::Invalid(_)) {
+            self.frames_bad.inc();
+        }
+        self.feed(Input::Media(event), ctx);
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The transport ended without saying so (TCP reset, network loss).
-        self.begin_finish(EndReason::ConnectionLost, ctx);
+        let _span = self.span.clone().entered();
+        self.feed(Input::TransportEnded, ctx);
     }
 }
 
@@ -337,72 +288,65 @@ impl Handler<Finish> for CallActor {
 
     fn handle(&mut self, msg: Finish, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.begin_finish(msg.0, ctx);
+        self.feed(Input::Finish(msg.0), ctx);
     }
 }
 
 impl Handler<PartialUpdate> for CallActor {
     type Result = ();
 
-    fn handle(&mut self, msg: PartialUpdate, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: PartialUpdate, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        // The number this turn should get: a hint (another writer of the call may take it
-        // first); the `final` carries the number the database gave. Finals this call assembled
-        // but the database has not acknowledged yet come before it.
-        self.finals_assembled
-            .insert(msg.speaker.clone(), msg.finals);
-        let assembled: u32 = self.finals_assembled.values().sum();
-        let pending = i64::from(assembled) - self.counters.turns as i64;
-        let expected =
-            (i64::from(self.counters.last_seq) + 1 + pending.max(0)).max(i64::from(assembled) + 1);
-        self.send_event(json!({
-            "type": "partial", "seq": expected, "speaker": msg.speaker, "text": msg.text,
-        }));
+        let PartialUpdate {
+            speaker,
+            text,
+            finals,
+        } = msg;
+        self.feed(
+            Input::Partial {
+                speaker,
+                text,
+                finals,
+            },
+            ctx,
+        );
     }
 }
 
 impl Handler<TurnsCommitted> for CallActor {
     type Result = ();
 
-    fn handle(&mut self, msg: TurnsCommitted, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: TurnsCommitted, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.counters.turns += msg.turns.len() as u64;
-        self.counters.last_persist_at = Some(Utc::now());
-        self.counters.persist_lag = msg.lag;
         let metrics = &self.deps.metrics;
         metrics.turns_persisted.inc_by(msg.turns.len() as u64);
         metrics.persist_lag_seconds.observe(msg.lag.as_secs_f64());
-        metrics
-            .unsent_turns
-            .inc_by(msg.unsent as i64 - self.counters.unsent_turns as i64);
-        self.counters.unsent_turns = msg.unsent;
-        for turn in &msg.turns {
-            self.counters.last_seq = self.counters.last_seq.max(turn.seq);
-            self.announce_final(turn);
-        }
+        let input = Input::Committed {
+            turns: msg.turns,
+            unsent: msg.unsent,
+            lag: msg.lag,
+            at: Utc::now(),
+        };
+        self.feed(input, ctx);
     }
 }
 
 impl Handler<PersistBacklog> for CallActor {
     type Result = ();
 
-    fn handle(&mut self, msg: PersistBacklog, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: PersistBacklog, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.deps
-            .metrics
-            .unsent_turns
-            .inc_by(msg.unsent as i64 - self.counters.unsent_turns as i64);
-        self.counters.unsent_turns = msg.unsent;
+        self.feed(Input::Backlog { unsent: msg.unsent }, ctx);
     }
 }
 
 impl Handler<SttStatus> for CallActor {
     type Result = ();
 
-    fn handle(&mut self, msg: SttStatus, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: SttStatus, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.counters.stt_state = Some(msg.state);
-        if msg.restarts > self.counters.stt_restarts {
+        let before = self.session.counters().stt_restarts;
+        if msg.restarts > before {
             let provider = self.provider.as_ref().map_or("none", |p| p.name());
             self.deps
                 .metrics
@@ -410,10 +354,14 @@ impl Handler<SttStatus> for CallActor {
                 .get_or_create(&crate::metrics::ProviderLabels {
                     provider: provider.into(),
                 })
-                .inc_by(u64::from(msg.restarts - self.counters.stt_restarts));
+                .inc_by(u64::from(msg.restarts - before));
         }
-        self.counters.stt_restarts = msg.restarts;
-        self.counters.stt_dropped = msg.dropped_frames;
+        let input = Input::Stt {
+            state: msg.state,
+            restarts: msg.restarts,
+            dropped: msg.dropped_frames,
+        };
+        self.feed(input, ctx);
     }
 }
 
@@ -422,6 +370,6 @@ impl Handler<SttGaveUp> for CallActor {
 
     fn handle(&mut self, msg: SttGaveUp, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        self.begin_finish(EndReason::SttFailed(msg.reason), ctx);
+        self.feed(Input::Finish(EndReason::SttFailed(msg.reason)), ctx);
     }
 }

@@ -1,6 +1,9 @@
 //! What `GET /api/v1/calls` shows of a live call: its snapshot.
 
+use chrono::{DateTime, Utc};
+
 use super::*;
+use crate::stt::actor::SttState;
 
 /// The call's live figures.
 #[derive(Message)]
@@ -53,24 +56,19 @@ pub struct MailboxDepths {
 
 impl CallActor {
     pub(super) fn snapshot(&self) -> CallSnapshot {
-        let c = &self.counters;
+        let (c, params) = (self.session.counters(), self.session.params());
         CallSnapshot {
-            call_id: self.call_id,
-            tenant_id: self.params.tenant_id,
-            protocol: self.params.protocol,
-            external_id: self.params.external_id.clone(),
-            state: match self.phase {
-                Phase::Starting => "starting",
-                Phase::Live => "live",
-                Phase::Finishing => "finishing",
-                Phase::Done => "done",
-            },
-            uptime_ms: crate::clock::now().duration_since(self.created).as_millis() as u64,
+            call_id: self.session.call_id(),
+            tenant_id: params.tenant_id,
+            protocol: params.protocol,
+            external_id: params.external_id.clone(),
+            state: self.session.phase().as_str(),
+            uptime_ms: self.session.uptime(crate::clock::now()).as_millis() as u64,
             frames_in: c.frames_in,
             frames_invalid: c.frames_invalid,
             frames_dropped: c.frames_dropped + c.stt_dropped,
             text_ignored: c.text_ignored,
-            client_events_dropped: c.client_events_dropped,
+            client_events_dropped: self.client_events_dropped,
             stt_provider: self.provider.as_ref().map_or("none", |p| p.name()),
             stt_state: c.stt_state.unwrap_or(SttState::Connecting).as_str(),
             stt_restarts: c.stt_restarts,
@@ -79,7 +77,7 @@ impl CallActor {
             persist_lag_ms: c.persist_lag.as_millis() as u64,
             unsent_turns: c.unsent_turns,
             frames_missing: c.frames_missing,
-            dtmf: self.dtmf.clone(),
+            dtmf: self.session.dtmf().to_string(),
             audio_too_fast: c.audio_too_fast,
             mailbox: MailboxDepths {
                 stt_audio: self.stt_mailbox.get(),

@@ -1,13 +1,18 @@
 //! A call's start: the persister, the row created or linked, then live — the STT and
 //! transcript actors of each channel, the metrics, the idle watch.
 
+use std::time::Duration;
+
 use super::*;
-use crate::stt::actor::SttPolicy;
+use crate::call::persist::{StartCall, StartedCall};
+use crate::call::session::Started;
+use crate::store::{Direction, LinkOutcome, NewCall, StoreError};
+use crate::stt::actor::{SttLinks, SttPolicy};
 use crate::stt::SttProvider;
 
 impl CallActor {
     pub(super) fn new_call(&self) -> NewCall {
-        let p = &self.params;
+        let p = self.session.params();
         NewCall {
             id: p.call_id,
             tenant_id: p.tenant_id,
@@ -48,108 +53,61 @@ impl CallActor {
             persister
                 .send(start)
                 .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(Ok(started)) => act.go_live(started, ctx),
-                    Ok(Err(err)) => act.fail_start(err, ctx),
-                    Err(err) => act.fail_start(
-                        StoreError::InvalidInput(format!("persister unavailable: {err}")),
-                        ctx,
-                    ),
+                .map(|result, act, ctx| {
+                    let started = match result {
+                        Ok(Ok(started)) => Ok(act.started(started)),
+                        Ok(Err(err)) => Err(err),
+                        Err(err) => Err(StoreError::InvalidInput(format!(
+                            "persister unavailable: {err}"
+                        ))),
+                    };
+                    act.feed(Input::Started(started), ctx)
                 }),
         );
     }
 
-    /// A live actor already carries this transport call: refuse without touching its row.
-    pub(super) fn refuse_twin(&mut self, ctx: &mut Context<Self>) {
-        let message = format!(
-            "{} call {} is already live on another stream",
-            self.params.protocol,
-            crate::text::bounded(self.params.external_id.as_deref().unwrap_or_default(), 64)
-        );
-        tracing::warn!(%message, "twin stream refused");
-        self.send_event(json!({ "type": "error", "message": message }));
-        self.send_close(1008, message);
-        self.phase = Phase::Done;
-        ctx.stop();
-    }
-
-    pub(super) fn fail_start(&mut self, err: StoreError, ctx: &mut Context<Self>) {
-        let (code, message) = match &err {
-            // Another tenant's call and an ended one are refused alike, naming neither.
-            StoreError::CallUnavailable => (1008, err.to_string()),
-            StoreError::CallNotActive { .. }
-            | StoreError::ExternalIdInUse { .. }
-            | StoreError::InvalidInput(_) => (4000, err.to_string()),
-            _ => (1011, format!("could not start the call: {err}")),
+    /// The row exists: keep what the tenant chose (its STT provider, key and recording).
+    fn started(&mut self, started: StartedCall) -> Started {
+        let stt = match self.deps.stt.pick(started.stt_provider.as_deref()) {
+            Ok(provider) => {
+                self.provider = Some(provider);
+                Ok(())
+            }
+            Err(reason) => Err(reason),
         };
-        tracing::warn!(error = %err, code, "call refused at start");
-        let Claim { external, call_id } = self.claim();
-        self.deps
-            .roster
-            .release
-            .do_send(ReleaseClaim { external, call_id });
-        self.send_event(json!({ "type": "error", "message": message }));
-        self.send_close(code, message);
-        self.phase = Phase::Done;
-        ctx.stop();
+        self.tenant = TenantChoices {
+            stt_api_key: started.stt_api_key,
+            record_calls: started.record_calls,
+        };
+        Started {
+            call_id: started.call.id,
+            linked: started.outcome == LinkOutcome::Linked,
+            stt,
+        }
     }
 
-    pub(super) fn go_live(&mut self, started: StartedCall, ctx: &mut Context<Self>) {
-        let _span = self.span.clone().entered();
-        let (call, outcome) = (started.call, started.outcome);
-        let call_id = call.id;
-        self.call_id = Some(call_id);
-        self.span
-            .record("call_id", tracing::field::display(call_id));
-        self.phase = Phase::Live;
-        self.last_audio = crate::clock::now();
-        let me = ctx.address();
-        self.deps.roster.register.do_send(Register {
-            call_id,
-            tenant_id: self.params.tenant_id,
-            protocol: self.params.protocol,
-            external_id: self.params.external_id.clone(),
-            addr: me.clone(),
-        });
-        let Some(persister) = self.persister.clone() else {
+    /// Live: the recording, each channel's streams, the counts, the idle watch.
+    pub(super) fn start_channels(&mut self, call_id: Uuid, ctx: &mut Context<Self>) {
+        let (Some(persister), Some(provider)) = (self.persister.clone(), self.provider.clone())
+        else {
             return;
         };
-        let provider = match self.deps.stt.pick(started.stt_provider.as_deref()) {
-            Ok(provider) => provider,
-            Err(reason) => {
-                // The row exists: end the call through the normal path, failed, with the reason.
-                tracing::error!(%call_id, %reason, "no STT provider for this call");
-                self.send_event(json!({ "type": "call", "call_id": call_id, "status": "active" }));
-                self.send_event(json!({ "type": "error", "message": reason }));
-                return self.begin_finish(EndReason::SttFailed(reason), ctx);
-            }
-        };
-        self.provider = Some(provider.clone());
-        if started.record_calls {
+        if self.tenant.record_calls {
             let path = self.deps.recordings_dir.join(format!("{call_id}.wav"));
             self.recorder = Some(crate::call::recorder::Recorder::start(path));
         }
         let mut policy = self.deps.stt_policy.clone();
-        policy.api_key = started.stt_api_key;
-        self.start_channels(call_id, &provider, &policy, &persister, &me);
+        policy.api_key = self.tenant.stt_api_key.take();
+        let me = ctx.address();
+        self.spawn_channels(call_id, &provider, &policy, &persister, &me);
         self.count_started();
-        tracing::info!(%call_id, tenant_id = %self.params.tenant_id, protocol = %self.params.protocol,
-            linked = outcome == LinkOutcome::Linked, "call started");
-        self.send_event(json!({
-            "type": "call", "call_id": call_id, "status": "active",
-            "linked": outcome == LinkOutcome::Linked,
-        }));
-        self.deps.events.publish(LiveEvent::CallStarted {
-            call_id,
-            tenant_id: self.params.tenant_id,
-            protocol: self.params.protocol.to_string(),
-            external_id: self.params.external_id.clone(),
-        });
+        let params = self.session.params();
+        tracing::info!(%call_id, tenant_id = %params.tenant_id, protocol = %params.protocol, "call started");
         self.watch_idle(ctx);
     }
 
     /// One `TranscriptBuffer` and one supervised `SttActor` per audio channel (its speaker).
-    fn start_channels(
+    fn spawn_channels(
         &mut self,
         call_id: Uuid,
         provider: &Arc<dyn SttProvider>,
@@ -157,7 +115,7 @@ impl CallActor {
         persister: &Addr<Persister>,
         me: &Addr<Self>,
     ) {
-        for speaker in self.params.speakers.clone() {
+        for speaker in self.session.params().speakers.clone() {
             let transcript = TranscriptBuffer::new(
                 &speaker,
                 provider
@@ -195,7 +153,7 @@ impl CallActor {
     /// The call counts as started (`calls_started_total`) and live (`calls_active`).
     fn count_started(&mut self) {
         let metrics = &self.deps.metrics;
-        let protocol = self.params.protocol.to_string();
+        let protocol = self.session.params().protocol.to_string();
         metrics
             .started
             .get_or_create(&crate::metrics::ProtocolLabels {
@@ -210,15 +168,9 @@ impl CallActor {
         self.active_gauge = Some(active);
     }
 
-    /// Ends the call (`idle_timeout`) once no audio arrived for `calls.idle_timeout_secs`.
+    /// Ticks the session's idle rule (`calls.idle_timeout_secs` without audio ends the call).
     fn watch_idle(&mut self, ctx: &mut Context<Self>) {
-        let idle = self.deps.idle_timeout;
-        ctx.run_interval(Duration::from_millis(250).min(idle), move |act, ctx| {
-            if act.phase == Phase::Live
-                && crate::clock::now().duration_since(act.last_audio) >= idle
-            {
-                ctx.notify(Finish(EndReason::IdleTimeout));
-            }
-        });
+        let every = Duration::from_millis(250).min(self.deps.idle_timeout);
+        ctx.run_interval(every, |act, ctx| act.feed(Input::Tick, ctx));
     }
 }
