@@ -3,12 +3,14 @@
 //! Turns are queued in order and written as soon as they arrive (batched when several wait).
 //! While the database is unreachable, writes are retried with capped, jittered backoff and the
 //! unsent turns stay queued in order (bounded; the count is visible). The final flush waits for
-//! the queue to drain, then completes the call in one transaction. Persisters run on an arbiter
+//! the queue to drain, then completes the call in one transaction. Those rules are the pure
+//! [`WriteQueue`]'s; this actor performs the writes it asks for. Persisters run on an arbiter
 //! of their own that outlives the HTTP workers, and a persister that is dropped before its call
 //! was finished finishes it by itself (`stopping` keeps it alive until the write is done).
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+pub mod queue;
+
+use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -16,14 +18,12 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::store::{
-    AppendOutcome, Call, CallCompletion, CallStatus, CompletionOutcome, LinkOutcome, NewCall,
-    NewTurn, Store, StoreError,
+    Call, CallCompletion, CallStatus, CompletionOutcome, LinkOutcome, NewCall, NewTurn, Store,
+    StoreError,
 };
 use crate::stt::supervision::Backoff;
 use crate::transcript::buffer::PersistTurn;
-
-/// Turns written per transaction at most.
-const BATCH: usize = 64;
+use queue::{is_permanent, Failure, Refused, Step, Write, WriteQueue};
 
 /// A started call: its row, whether it was linked, and its tenant's STT provider choice.
 #[derive(Debug, Clone)]
@@ -105,20 +105,14 @@ pub struct Persister {
     supervisor: (Recipient<PersisterUp>, Recipient<PersisterDown>),
     call: Option<(Recipient<TurnsCommitted>, Recipient<PersistBacklog>)>,
     call_id: Option<Uuid>,
-    queue: VecDeque<(NewTurn, Instant)>,
-    max_unsent: usize,
-    dropped_turns: u64,
-    in_flight: bool,
+    /// The unsent turns and the pending completion, and every rule about writing them. Its
+    /// writer id makes each turn's idempotency key, so a retried batch (its commit
+    /// acknowledgement lost) finds its turns instead of storing them twice. Numbers are not
+    /// chosen here: the database allocates them per call, whoever writes.
+    queue: WriteQueue,
+    /// A timer is set for the next retry.
     retry_scheduled: bool,
-    backoff: Backoff,
-    finish: Option<FinishCall>,
     waiters: Vec<oneshot::Sender<Result<CompletionOutcome, String>>>,
-    finished: bool,
-    /// This writer's id: with `next_key` it makes each turn's idempotency key, so a retried
-    /// batch (its commit acknowledgement lost) finds its turns instead of storing them twice.
-    /// Numbers are not chosen here: the database allocates them per call, whoever writes.
-    stream: Uuid,
-    next_key: u64,
 }
 
 impl Persister {
@@ -134,145 +128,98 @@ impl Persister {
             supervisor,
             call: Some(call),
             call_id: None,
-            queue: VecDeque::new(),
-            max_unsent: max_unsent.max(1),
-            dropped_turns: 0,
-            in_flight: false,
+            queue: WriteQueue::new(max_unsent, Uuid::new_v4()),
             retry_scheduled: false,
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.2),
-            finish: None,
             waiters: Vec::new(),
-            finished: false,
-            stream: Uuid::new_v4(),
-            next_key: 1,
         }
     }
 
-    /// Writes the next batch, or completes the call once the queue is empty and a finish waits.
+    /// Performs the queue's next step: a batch of turns, the completion, or a retry timer.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || self.retry_scheduled || self.finished {
-            return;
-        }
         let Some(call_id) = self.call_id else { return };
-        if !self.queue.is_empty() {
-            self.in_flight = true;
-            let batch: Vec<NewTurn> = self
-                .queue
-                .iter()
-                .take(BATCH)
-                .map(|(t, _)| t.clone())
-                .collect();
-            let store = self.store.clone();
-            let write = async move { store.append_turns(call_id, &batch).await };
-            ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-                act.in_flight = false;
-                match result {
-                    Ok(outcomes) => act.committed(&outcomes, ctx),
-                    Err(err) if is_permanent(&err) => act.give_up_batch(&err, ctx),
-                    Err(err) => act.retry_later(&err, ctx),
+        match self.queue.next(crate::clock::now()) {
+            Step::Idle => {}
+            Step::Wait(delay) => {
+                if !std::mem::replace(&mut self.retry_scheduled, true) {
+                    ctx.run_later(delay, |act, ctx| {
+                        act.retry_scheduled = false;
+                        act.pump(ctx);
+                    });
                 }
-            }));
-        } else if let Some(finish) = &self.finish {
-            self.in_flight = true;
-            let store = self.store.clone();
-            let completion = CallCompletion {
-                status: finish.status,
-                ended_at: finish.ended_at,
-                end_reason: finish.end_reason.clone(),
-                pending_partial: finish.pending_partial.clone(),
-                dtmf: finish.dtmf.clone(),
-                recording_url: finish.recording_url.clone(),
-            };
-            let write = async move { store.complete_call(call_id, &completion).await };
-            ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-                act.in_flight = false;
-                match result {
-                    Ok(outcome) => act.done(Ok(outcome), ctx),
-                    Err(err) if is_permanent(&err) => {
-                        tracing::error!(%call_id, error = %err, "call completion failed permanently");
-                        act.done(Err(err.to_string()), ctx)
+            }
+            Step::Write(Write::Turns(batch)) => {
+                let store = self.store.clone();
+                let write = async move { store.append_turns(call_id, &batch).await };
+                ctx.spawn(write.into_actor(self).map(|result, act, ctx| {
+                    match result {
+                        Ok(outcomes) => act.committed(&outcomes),
+                        Err(err) => act.failed(&err),
                     }
-                    Err(err) => act.retry_later(&err, ctx),
-                }
-            }));
+                    act.pump(ctx);
+                }));
+            }
+            Step::Write(Write::Complete(completion)) => {
+                let store = self.store.clone();
+                let write = async move { store.complete_call(call_id, &completion).await };
+                ctx.spawn(write.into_actor(self).map(|result, act, ctx| {
+                    match result {
+                        Ok(outcome) => {
+                            act.queue.completed();
+                            return act.done(Ok(outcome), ctx);
+                        }
+                        Err(err) => act.failed(&err),
+                    }
+                    if act.queue.is_completed() {
+                        return act.done(Err("the call could not be completed".into()), ctx);
+                    }
+                    act.pump(ctx);
+                }));
+            }
         }
     }
 
-    /// Stamps a turn with this writer's next idempotency key.
-    fn keyed(&mut self, mut turn: NewTurn) -> NewTurn {
-        turn.key = Some(format!("{}:{}", self.stream.simple(), self.next_key));
-        self.next_key += 1;
-        turn
-    }
-
-    fn committed(&mut self, outcomes: &[AppendOutcome], ctx: &mut Context<Self>) {
-        let count = outcomes.len().min(self.queue.len());
-        let mut turns = Vec::with_capacity(count);
-        let mut newest = None;
-        for ((turn, assembled_at), outcome) in self.queue.drain(..count).zip(outcomes) {
-            newest = Some(assembled_at);
-            turns.push(CommittedTurn {
-                seq: outcome.seq(),
-                turn,
-            });
-        }
-        self.backoff.reset();
-        let lag = newest
-            .map(|t| crate::clock::now().duration_since(t))
-            .unwrap_or_default();
+    fn committed(&mut self, outcomes: &[crate::store::AppendOutcome]) {
+        let committed = self.queue.written(outcomes, crate::clock::now());
         if let Some((call, _)) = &self.call {
             call.do_send(TurnsCommitted {
-                turns,
-                lag,
-                unsent: self.queue.len(),
+                turns: committed
+                    .turns
+                    .into_iter()
+                    .map(|(seq, turn)| CommittedTurn { seq, turn })
+                    .collect(),
+                lag: committed.lag,
+                unsent: committed.unsent,
             });
         }
-        self.pump(ctx);
     }
 
-    fn give_up_batch(&mut self, err: &StoreError, ctx: &mut Context<Self>) {
-        let count = self.queue.len().min(BATCH);
-        self.dropped_turns += count as u64;
-        tracing::error!(call_id = ?self.call_id, error = %err, turns = count, "turns could not be written and were dropped");
-        self.queue.drain(..count);
-        self.pump(ctx);
-    }
-
-    fn retry_later(&mut self, err: &StoreError, ctx: &mut Context<Self>) {
-        let delay = self.backoff.next_delay(fastrand::f64());
-        tracing::warn!(call_id = ?self.call_id, error = %err, unsent = self.queue.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
-        if let Some((_, backlog)) = &self.call {
-            backlog.do_send(PersistBacklog {
-                unsent: self.queue.len(),
-            });
+    fn failed(&mut self, err: &StoreError) {
+        let call_id = self.call_id;
+        match self
+            .queue
+            .failed(is_permanent(err), fastrand::f64(), crate::clock::now())
+        {
+            Failure::Retry { delay, unsent } => {
+                tracing::warn!(?call_id, error = %err, unsent, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+                if let Some((_, backlog)) = &self.call {
+                    backlog.do_send(PersistBacklog { unsent });
+                }
+            }
+            Failure::Dropped(turns) => {
+                tracing::error!(?call_id, error = %err, turns, "turns could not be written and were dropped");
+            }
+            Failure::CompletionFailed => {
+                tracing::error!(?call_id, error = %err, "call completion failed permanently");
+            }
         }
-        self.retry_scheduled = true;
-        ctx.run_later(delay, |act, ctx| {
-            act.retry_scheduled = false;
-            act.pump(ctx);
-        });
     }
 
     fn done(&mut self, result: Result<CompletionOutcome, String>, ctx: &mut Context<Self>) {
-        self.finished = true;
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(result.clone());
         }
         ctx.stop();
     }
-}
-
-/// Errors a retry cannot fix.
-fn is_permanent(err: &StoreError) -> bool {
-    matches!(
-        err,
-        StoreError::CallNotFound(_)
-            | StoreError::CallNotActive { .. }
-            | StoreError::InvalidInput(_)
-            | StoreError::ExternalIdInUse { .. }
-            | StoreError::CallUnavailable
-            | StoreError::Corrupt(_)
-    )
 }
 
 impl Actor for Persister {
@@ -285,18 +232,13 @@ impl Actor for Persister {
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
         // Backstop: nobody finished this call (its actor died). Finish it before stopping.
-        if !self.finished && self.call_id.is_some() {
-            if self.finish.is_none() {
-                tracing::warn!(call_id = ?self.call_id, "persister dropped before the call finished; finishing it");
-                self.finish = Some(FinishCall {
-                    status: CallStatus::Completed,
-                    end_reason: "call_actor_lost".into(),
-                    ended_at: Utc::now(),
-                    pending_partial: None,
-                    dtmf: None,
-                    recording_url: None,
-                });
-            }
+        if self.call_id.is_none() {
+            return Running::Stop;
+        }
+        if !self.queue.is_finishing() && !self.queue.is_completed() {
+            tracing::warn!(call_id = ?self.call_id, "persister dropped before the call finished; finishing it");
+        }
+        if self.queue.abandon(Utc::now()) {
             self.pump(ctx);
             return Running::Continue;
         }
@@ -306,7 +248,7 @@ impl Actor for Persister {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let _ = ctx;
         self.supervisor.1.do_send(PersisterDown {
-            dropped_turns: self.dropped_turns,
+            dropped_turns: self.queue.dropped(),
         });
     }
 }
@@ -358,18 +300,15 @@ impl Handler<PersistTurn> for Persister {
     type Result = ();
 
     fn handle(&mut self, msg: PersistTurn, ctx: &mut Self::Context) {
-        if self.finished {
-            tracing::error!(call_id = ?self.call_id, "turn arrived after the call was completed");
-            return;
+        match self.queue.push(msg.turn, msg.assembled_at) {
+            Ok(()) => self.pump(ctx),
+            Err(Refused::Completed) => {
+                tracing::error!(call_id = ?self.call_id, "turn arrived after the call was completed")
+            }
+            Err(Refused::Full) => {
+                tracing::error!(call_id = ?self.call_id, "unsent-turn limit reached; turn dropped")
+            }
         }
-        if self.queue.len() >= self.max_unsent {
-            self.dropped_turns += 1;
-            tracing::error!(call_id = ?self.call_id, "unsent-turn limit reached; turn dropped");
-            return;
-        }
-        let turn = self.keyed(msg.turn);
-        self.queue.push_back((turn, msg.assembled_at));
-        self.pump(ctx);
     }
 }
 
@@ -383,11 +322,14 @@ impl Handler<FinishCall> for Persister {
             ctx.stop();
         } else {
             self.waiters.push(tx);
-            if self.finish.is_none() {
-                let mut msg = msg;
-                msg.pending_partial = msg.pending_partial.take().map(|p| self.keyed(p));
-                self.finish = Some(msg);
-            }
+            self.queue.finish(CallCompletion {
+                status: msg.status,
+                ended_at: msg.ended_at,
+                end_reason: msg.end_reason,
+                pending_partial: msg.pending_partial,
+                dtmf: msg.dtmf,
+                recording_url: msg.recording_url,
+            });
             self.pump(ctx);
         }
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err("persister stopped".into())) })
