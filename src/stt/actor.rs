@@ -7,7 +7,6 @@
 //! offset), and audio arriving while disconnected waits there too. A restart budget (by default
 //! 3 in 10 s) bounds all this; past it, or on a fatal error, the call is told to end `failed`.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::replay::{Held, ReplayBuffer};
 use super::supervision::{Backoff, RestartBudget};
 use super::{StreamConfig, SttEvent, SttFailure, SttInput, SttProvider, SttSignal};
 use crate::transcript::buffer::{Transcribed, TranscriptBuffer};
@@ -28,22 +28,6 @@ pub struct SttAudio {
     pub millis: u32,
     /// The carrier's own bytes for this audio, kept for a replay instead of the PCM.
     pub source: Option<crate::media::SourceAudio>,
-}
-
-/// Audio held for a replay: the 16 kHz PCM, or the carrier's smaller encoding of it.
-#[derive(Debug, Clone)]
-enum Held {
-    Pcm(Bytes),
-    Source(crate::media::SourceAudio),
-}
-
-impl Held {
-    fn len(&self) -> usize {
-        match self {
-            Self::Pcm(pcm) => pcm.len(),
-            Self::Source(source) => source.bytes.len(),
-        }
-    }
 }
 
 /// End of call: ask the provider for its last results and wait for them (bounded).
@@ -132,10 +116,8 @@ pub struct SttActor {
     session_index: u32,
     restarts: u32,
     audio: Option<mpsc::Sender<SttInput>>,
-    /// Audio since the end of the last final: `(call offset ms, duration ms, pcm)`.
-    replay: VecDeque<(i64, i64, Held)>,
-    replay_ms: i64,
-    next_offset_ms: i64,
+    /// Audio since the end of the last final, at its call offsets.
+    replay: ReplayBuffer,
     dropped_frames: u64,
     reported_dropped: u64,
     finalized: Option<oneshot::Sender<()>>,
@@ -158,6 +140,7 @@ impl SttActor {
         Self {
             call_id,
             budget: RestartBudget::new(policy.restart_max, policy.restart_window),
+            replay: ReplayBuffer::new(policy.replay_buffer_ms),
             backoff: Backoff::new(policy.backoff_initial, policy.backoff_max, 0.2),
             provider,
             policy,
@@ -166,9 +149,6 @@ impl SttActor {
             session_index: 0,
             restarts: 0,
             audio: None,
-            replay: VecDeque::new(),
-            replay_ms: 0,
-            next_offset_ms: 0,
             dropped_frames: 0,
             reported_dropped: 0,
             finalized: None,
@@ -189,10 +169,7 @@ impl SttActor {
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
-        let start_offset_ms = self
-            .replay
-            .front()
-            .map_or(self.next_offset_ms, |(offset, _, _)| *offset);
+        let start_offset_ms = self.replay.start_offset_ms();
         let config = StreamConfig {
             call_id: self.call_id,
             sample_rate: self.policy.sample_rate,
@@ -226,11 +203,7 @@ impl SttActor {
     /// Sends everything in the replay buffer to a fresh stream. Audio kept in the carrier's
     /// encoding goes through a fresh normaliser (primed: one 20 ms packet is one 20 ms frame).
     fn replay_buffered(&mut self) {
-        let held: Vec<(i64, Held)> = self
-            .replay
-            .iter()
-            .map(|(offset, _, held)| (*offset, held.clone()))
-            .collect();
+        let held = self.replay.pending();
         let mut normalizer: Option<crate::media::normalize::Normalizer> = None;
         for (offset_ms, held) in held {
             match held {
@@ -271,16 +244,14 @@ impl SttActor {
         }
     }
 
-    fn trim_replay(&mut self, until_ms: i64) {
-        while let Some((offset, millis, _)) = self.replay.front() {
-            if offset + millis > until_ms {
-                break;
-            }
-            self.replay_ms -= millis;
-            if let Some((_, _, held)) = self.replay.pop_front() {
-                self.links.replay_bytes.add(-(held.len() as i64));
-            }
-        }
+    /// Changes the replay buffer and keeps `callengine_replay_buffer_bytes` in step with it.
+    fn with_replay<T>(&mut self, change: impl FnOnce(&mut ReplayBuffer) -> T) -> T {
+        let before = self.replay.bytes() as i64;
+        let result = change(&mut self.replay);
+        self.links
+            .replay_bytes
+            .add(self.replay.bytes() as i64 - before);
+        result
     }
 
     fn on_failure(&mut self, failure: SttFailure, ctx: &mut Context<Self>) {
@@ -369,22 +340,11 @@ impl Handler<SttAudio> for SttActor {
         if self.finish_requested || self.state == SttState::Failed {
             return;
         }
-        let offset_ms = self.next_offset_ms;
-        let millis = i64::from(msg.millis);
-        self.next_offset_ms += millis;
         let held = match msg.source {
             Some(source) => Held::Source(source),
             None => Held::Pcm(msg.pcm.clone()),
         };
-        self.links.replay_bytes.add(held.len() as i64);
-        self.replay.push_back((offset_ms, millis, held));
-        self.replay_ms += millis;
-        while self.replay_ms > self.policy.replay_buffer_ms {
-            if let Some((_, dropped, held)) = self.replay.pop_front() {
-                self.replay_ms -= dropped;
-                self.links.replay_bytes.add(-(held.len() as i64));
-            }
-        }
+        let offset_ms = self.with_replay(|replay| replay.push(i64::from(msg.millis), held));
         if self.state == SttState::Streaming {
             self.forward(msg.pcm, offset_ms);
         }
@@ -399,7 +359,8 @@ impl StreamHandler<SttSignal> for SttActor {
                     end_ms: Some(end), ..
                 } = &event
                 {
-                    self.trim_replay(*end);
+                    let end = *end;
+                    self.with_replay(|replay| replay.trim(end));
                     self.backoff.reset();
                 }
                 self.links.transcript.do_send(Transcribed(event));
@@ -440,9 +401,7 @@ impl SttActor {
 
     /// Empties the replay buffer, taking its bytes out of the count.
     fn clear_replay(&mut self) {
-        let held: usize = self.replay.drain(..).map(|(_, _, held)| held.len()).sum();
-        self.links.replay_bytes.add(-(held as i64));
-        self.replay_ms = 0;
+        self.with_replay(ReplayBuffer::clear);
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod deepgram;
 pub mod deepgram_normalize;
+pub mod replay;
 pub mod scripted;
 pub mod settings;
 pub mod supervision;
