@@ -36,6 +36,7 @@ pub const LAYERS: &[&[&str]] = &[
     &[
         "audio",
         "clock",
+        "http_error",
         "layering",
         "net",
         "secret",

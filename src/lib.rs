@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod egress;
+pub mod http_error;
 pub mod ingress;
 #[cfg(test)]
 mod layering;

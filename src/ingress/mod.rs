@@ -139,7 +139,8 @@ pub(crate) fn refused(
     status: actix_web::http::StatusCode,
     reason: &str,
 ) -> actix_web::HttpResponse {
-    actix_web::HttpResponse::build(status).json(serde_json::json!({ "error": reason }))
+    use actix_web::ResponseError;
+    crate::http_error::ApiError::new(status, reason).error_response()
 }
 
 pub use crate::text::bounded;

@@ -20,9 +20,8 @@ pub async fn scrape(req: actix_web::HttpRequest, state: web::Data<AppState>) -> 
             crate::crypto::constant_time_eq(given.as_bytes(), token.expose().as_bytes()) | matched
         });
         if given.is_empty() || !matched {
-            return HttpResponse::Unauthorized()
-                .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"))
-                .json(serde_json::json!({ "error": "missing or wrong bearer token" }));
+            use actix_web::ResponseError;
+            return crate::http_error::ApiError::unauthorized().error_response();
         }
     }
     HttpResponse::Ok()

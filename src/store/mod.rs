@@ -117,6 +117,26 @@ impl StoreError {
     }
 }
 
+/// How a store error reads over HTTP: the caller's mistakes by name, a database that cannot
+/// answer now as 503 (retry), anything else as a logged 500 without its cause.
+impl From<StoreError> for crate::http_error::ApiError {
+    fn from(err: StoreError) -> Self {
+        use crate::http_error::ApiError;
+        match err {
+            StoreError::InvalidInput(message) => ApiError::bad_request(message),
+            StoreError::CallNotFound(_) => ApiError::not_found("no such call"),
+            StoreError::ExternalIdInUse { .. } | StoreError::CallUnavailable => {
+                ApiError::conflict(err.to_string())
+            }
+            err if err.is_transient() => {
+                tracing::warn!(error = %err, "database unavailable for a request");
+                ApiError::unavailable("database unavailable").retry_after(1)
+            }
+            err => ApiError::internal("database error", err),
+        }
+    }
+}
+
 impl From<UnknownValue> for StoreError {
     fn from(err: UnknownValue) -> Self {
         Self::Corrupt(err.to_string())

@@ -52,7 +52,8 @@ impl Default for WebhookSettings {
 
 /// A 4xx/5xx answer with a JSON `error`.
 pub fn error(status: actix_web::http::StatusCode, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": message.into() }))
+    use actix_web::ResponseError;
+    crate::http_error::ApiError::new(status, message).error_response()
 }
 
 fn bad_request(message: impl Into<String>) -> HttpResponse {

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::call::actor::{Finish, Snapshot};
 use crate::call::end::EndReason;
 use crate::call::registry::{ListCalls, Lookup};
+use crate::http_error::ApiError;
 use crate::state::AppState;
 
 /// Who is asking: the operator (admin token) sees everything; a tenant (its own API token)
@@ -35,20 +36,12 @@ impl Caller {
     }
 }
 
-fn denied(status: actix_web::http::StatusCode, message: &str) -> Box<HttpResponse> {
-    Box::new(HttpResponse::build(status).json(json!({ "error": message })))
-}
-
 /// Resolves the bearer token: the admin token (constant-time compare), else a tenant's token
 /// (looked up by its SHA-256). Missing or unknown: 401, no data.
-async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpResponse>> {
-    use actix_web::http::StatusCode;
+async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiError> {
     let given = super::bearer(req);
     if given.is_empty() {
-        return Err(denied(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ));
+        return Err(ApiError::unauthorized());
     }
     if let Some(admin) = &state.admin_token {
         if constant_time_eq(given.as_bytes(), admin.expose().as_bytes()) {
@@ -57,14 +50,11 @@ async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, Box<HttpR
     }
     match state.store.tenant_by_api_token(given).await {
         Ok(Some(tenant)) => Ok(Caller::Tenant(tenant.id)),
-        Ok(None) => Err(denied(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        )),
-        Err(err) => Err(denied(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("cannot check the token now: {err}"),
-        )),
+        Ok(None) => Err(ApiError::unauthorized()),
+        Err(err) => {
+            tracing::warn!(error = %err, "a bearer token could not be checked");
+            Err(ApiError::unavailable("cannot check the token now").retry_after(1))
+        }
     }
 }
 
@@ -85,9 +75,7 @@ impl actix_web::FromRequest for Caller {
             let Some(state) = req.app_data::<web::Data<AppState>>() else {
                 return Err(actix_web::error::ErrorInternalServerError("no app state"));
             };
-            caller(&req, state).await.map_err(|denied| {
-                actix_web::error::InternalError::from_response("denied", *denied).into()
-            })
+            Ok(caller(&req, state).await?)
         })
     }
 }
@@ -101,14 +89,7 @@ impl actix_web::FromRequest for Admin {
         Box::pin(async move {
             match who.await? {
                 Caller::Admin => Ok(Admin),
-                Caller::Tenant(_) => Err(actix_web::error::InternalError::from_response(
-                    "forbidden",
-                    *denied(
-                        actix_web::http::StatusCode::FORBIDDEN,
-                        "this needs the admin token",
-                    ),
-                )
-                .into()),
+                Caller::Tenant(_) => Err(ApiError::forbidden("this needs the admin token").into()),
             }
         })
     }
@@ -133,11 +114,12 @@ pub async fn list_calls(
     who: Caller,
     query: web::Query<CallsQuery>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let Ok(calls) = state.registry.send(ListCalls).await else {
-        return HttpResponse::InternalServerError()
-            .json(json!({ "error": "registry unavailable" }));
-    };
+) -> Result<HttpResponse, ApiError> {
+    let calls = state
+        .registry
+        .send(ListCalls)
+        .await
+        .map_err(|err| ApiError::internal("registry unavailable", err))?;
     let mut snapshots = Vec::with_capacity(calls.len());
     for (_, addr) in calls {
         if let Ok(Ok(snapshot)) =
@@ -151,7 +133,7 @@ pub async fn list_calls(
             }
         }
     }
-    HttpResponse::Ok().json(json!({ "calls": snapshots }))
+    Ok(HttpResponse::Ok().json(json!({ "calls": snapshots })))
 }
 
 /// The call if this caller may see it.
@@ -159,16 +141,12 @@ async fn visible_call(
     state: &AppState,
     who: Caller,
     raw_id: &str,
-) -> Result<crate::store::Call, HttpResponse> {
-    let Ok(call_id) = Uuid::parse_str(raw_id) else {
-        return Err(HttpResponse::BadRequest().json(json!({ "error": "call id must be a UUID" })));
-    };
-    match state.store.get_call(call_id).await {
-        Ok(Some(call)) if who.sees(call.tenant_id) => Ok(call),
-        Ok(_) => Err(HttpResponse::NotFound().json(json!({ "error": "no such call" }))),
-        Err(err) => {
-            Err(HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })))
-        }
+) -> Result<crate::store::Call, ApiError> {
+    let call_id =
+        Uuid::parse_str(raw_id).map_err(|_| ApiError::bad_request("call id must be a UUID"))?;
+    match state.store.get_call(call_id).await? {
+        Some(call) if who.sees(call.tenant_id) => Ok(call),
+        _ => Err(ApiError::not_found("no such call")),
     }
 }
 
@@ -179,11 +157,8 @@ pub async fn get_call(
     who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let call = match visible_call(&state, who, &path).await {
-        Ok(call) => call,
-        Err(response) => return response,
-    };
+) -> Result<HttpResponse, ApiError> {
+    let call = visible_call(&state, who, &path).await?;
     let live = match state.registry.send(Lookup(call.id)).await {
         Ok(Some(addr)) => tokio::time::timeout(Duration::from_secs(2), addr.send(Snapshot))
             .await
@@ -191,7 +166,7 @@ pub async fn get_call(
             .and_then(Result::ok),
         _ => None,
     };
-    HttpResponse::Ok().json(json!({ "call": call, "live": live }))
+    Ok(HttpResponse::Ok().json(json!({ "call": call, "live": live })))
 }
 
 /// `GET /api/v1/calls/by-external/{external_id}`: the calls (any protocol, live or ended) that
@@ -202,17 +177,13 @@ pub async fn calls_by_external(
     who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    match state.store.calls_by_external_id(&path).await {
-        Ok(calls) => {
-            let visible: Vec<_> = calls
-                .into_iter()
-                .filter(|c| who.sees(c.tenant_id))
-                .collect();
-            HttpResponse::Ok().json(json!({ "calls": visible }))
-        }
-        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
-    }
+) -> Result<HttpResponse, ApiError> {
+    let calls = state.store.calls_by_external_id(&path).await?;
+    let visible: Vec<_> = calls
+        .into_iter()
+        .filter(|c| who.sees(c.tenant_id))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "calls": visible })))
 }
 
 /// Query of the transcript endpoint.
@@ -230,30 +201,24 @@ pub async fn transcript(
     path: web::Path<String>,
     query: web::Query<TranscriptQuery>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let call = match visible_call(&state, who, &path).await {
-        Ok(call) => call,
-        Err(response) => return response,
-    };
-    let turns = match state.store.list_turns(call.id).await {
-        Ok(turns) => turns,
-        Err(err) => {
-            return HttpResponse::InternalServerError().json(json!({ "error": err.to_string() }))
-        }
-    };
+) -> Result<HttpResponse, ApiError> {
+    let call = visible_call(&state, who, &path).await?;
+    let turns = state.store.list_turns(call.id).await?;
     let text: String = turns
         .iter()
         .map(|t| format!("{}: {}\n", t.speaker, t.text))
         .collect();
     match query.format.as_deref() {
-        Some("text") => HttpResponse::Ok()
+        Some("text") => Ok(HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
-            .body(text),
-        None | Some("json") => HttpResponse::Ok().json(json!({
+            .body(text)),
+        None | Some("json") => Ok(HttpResponse::Ok().json(json!({
             "call_id": call.id, "status": call.status, "turns": turns, "text": text,
-        })),
-        Some(other) => HttpResponse::BadRequest()
-            .json(json!({ "error": format!("format must be json or text, not {other:?}") })),
+        }))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "format must be json or text, not {:?}",
+            crate::text::bounded(other, 32)
+        ))),
     }
 }
 
@@ -282,36 +247,38 @@ pub async fn register_call(
     who: Caller,
     body: web::Json<RegisterCall>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let tenant_id = match (who, body.tenant_id) {
         (Caller::Tenant(own), None) => own,
         (Caller::Tenant(own), Some(t)) if t == own => own,
         (Caller::Tenant(_), Some(_)) => {
-            return HttpResponse::Forbidden()
-                .json(json!({ "error": "a tenant token registers calls for its own tenant" }))
+            return Err(ApiError::forbidden(
+                "a tenant token registers calls for its own tenant",
+            ))
         }
         (Caller::Admin, Some(t)) => t,
-        (Caller::Admin, None) => {
-            return HttpResponse::BadRequest().json(json!({ "error": "missing field tenant_id" }))
-        }
+        (Caller::Admin, None) => return Err(ApiError::bad_request("missing field tenant_id")),
     };
     let external_id = body.external_id.or(body.conversation_id);
     if external_id
         .as_ref()
         .is_some_and(|e| e.is_empty() || e.len() > 256)
     {
-        return HttpResponse::BadRequest()
-            .json(json!({ "error": "external_id must be 1 to 256 characters" }));
+        return Err(ApiError::bad_request(
+            "external_id must be 1 to 256 characters",
+        ));
     }
-    let direction =
-        match body.direction.as_deref() {
-            None | Some("inbound") => crate::store::Direction::Inbound,
-            Some("outbound") => crate::store::Direction::Outbound,
-            Some(other) => return HttpResponse::BadRequest().json(
-                json!({ "error": format!("direction must be inbound or outbound, not {other:?}") }),
-            ),
-        };
+    let direction = match body.direction.as_deref() {
+        None | Some("inbound") => crate::store::Direction::Inbound,
+        Some("outbound") => crate::store::Direction::Outbound,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "direction must be inbound or outbound, not {:?}",
+                crate::text::bounded(other, 32)
+            )))
+        }
+    };
     let new = crate::store::NewCall {
         id: None,
         tenant_id,
@@ -324,19 +291,8 @@ pub async fn register_call(
         started_at: chrono::Utc::now(),
         media_metadata: None,
     };
-    match state.store.create_or_link_call(&new).await {
-        Ok((call, _)) => HttpResponse::Created().json(json!({ "call": call })),
-        Err(crate::store::StoreError::InvalidInput(message)) => {
-            HttpResponse::BadRequest().json(json!({ "error": message }))
-        }
-        Err(err @ crate::store::StoreError::ExternalIdInUse { .. }) => {
-            HttpResponse::Conflict().json(json!({ "error": err.to_string() }))
-        }
-        Err(err @ crate::store::StoreError::CallUnavailable) => {
-            HttpResponse::Conflict().json(json!({ "error": err.to_string() }))
-        }
-        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
-    }
+    let (call, _) = state.store.create_or_link_call(&new).await?;
+    Ok(HttpResponse::Created().json(json!({ "call": call })))
 }
 
 /// `POST /api/v1/calls/{id}/hangup`: ends a live call through the normal flush path (202).
@@ -345,22 +301,16 @@ pub async fn hangup(
     who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let call_id = match visible_call(&state, who, &path).await {
-        Ok(call) => call.id,
-        Err(response) => return response,
-    };
-    match state.registry.send(Lookup(call_id)).await {
-        Ok(Some(addr)) => {
-            addr.do_send(Finish(EndReason::OperatorHangup));
-            HttpResponse::Accepted().json(json!({ "call_id": call_id, "status": "finishing" }))
-        }
-        Ok(None) => HttpResponse::NotFound()
-            .json(json!({ "error": "no live call with this id on this node" })),
-        Err(_) => {
-            HttpResponse::InternalServerError().json(json!({ "error": "registry unavailable" }))
-        }
-    }
+) -> Result<HttpResponse, ApiError> {
+    let call_id = visible_call(&state, who, &path).await?.id;
+    let live = state
+        .registry
+        .send(Lookup(call_id))
+        .await
+        .map_err(|err| ApiError::internal("registry unavailable", err))?;
+    let addr = live.ok_or_else(|| ApiError::not_found("no live call with this id on this node"))?;
+    addr.do_send(Finish(EndReason::OperatorHangup));
+    Ok(HttpResponse::Accepted().json(json!({ "call_id": call_id, "status": "finishing" })))
 }
 
 /// Query of `GET /api/v1/jobs`.
@@ -377,20 +327,21 @@ pub async fn list_jobs(
     _admin: Admin,
     query: web::Query<JobsQuery>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, ApiError> {
     let status = query.status.clone().unwrap_or_else(|| "dead".into());
     if !["queued", "running", "done", "dead"].contains(&status.as_str()) {
-        return HttpResponse::BadRequest()
-            .json(json!({ "error": "status must be queued, running, done or dead" }));
+        return Err(ApiError::bad_request(
+            "status must be queued, running, done or dead",
+        ));
     }
-    match state.store.jobs_with_status(&status).await {
-        Ok(jobs) => HttpResponse::Ok().json(json!({ "jobs": jobs.iter().map(|j| json!({
-            "id": j.id, "kind": j.kind, "call_id": j.call_id, "status": j.status,
-            "attempts": j.attempts, "max_attempts": j.max_attempts, "run_at": j.run_at,
-            "last_error": j.last_error,
-        })).collect::<Vec<_>>() })),
-        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
-    }
+    let jobs = state.store.jobs_with_status(&status).await?;
+    Ok(
+        HttpResponse::Ok().json(json!({ "jobs": jobs.iter().map(|j| json!({
+        "id": j.id, "kind": j.kind, "call_id": j.call_id, "status": j.status,
+        "attempts": j.attempts, "max_attempts": j.max_attempts, "run_at": j.run_at,
+        "last_error": j.last_error,
+    })).collect::<Vec<_>>() })),
+    )
 }
 
 /// `GET /api/v1/calls/{id}/deliveries`: a call's webhook deliveries.
@@ -399,22 +350,17 @@ pub async fn call_deliveries(
     who: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let call_id = match visible_call(&state, who, &path).await {
-        Ok(call) => call.id,
-        Err(response) => return response,
-    };
-    match state.store.deliveries_for_call(call_id).await {
-        Ok(deliveries) => {
-            HttpResponse::Ok().json(json!({ "deliveries": deliveries.iter().map(|d| json!({
-            "id": d.id, "event_id": d.event_id, "event_type": d.event_type, "url": d.url,
-            "status": d.status, "attempts": d.attempts, "next_attempt_at": d.next_attempt_at,
-            "last_response_status": d.last_response_status, "last_error": d.last_error,
-            "delivered_at": d.delivered_at,
-        })).collect::<Vec<_>>() }))
-        }
-        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
-    }
+) -> Result<HttpResponse, ApiError> {
+    let call_id = visible_call(&state, who, &path).await?.id;
+    let deliveries = state.store.deliveries_for_call(call_id).await?;
+    Ok(
+        HttpResponse::Ok().json(json!({ "deliveries": deliveries.iter().map(|d| json!({
+        "id": d.id, "event_id": d.event_id, "event_type": d.event_type, "url": d.url,
+        "status": d.status, "attempts": d.attempts, "next_attempt_at": d.next_attempt_at,
+        "last_response_status": d.last_response_status, "last_error": d.last_error,
+        "delivered_at": d.delivered_at,
+    })).collect::<Vec<_>>() })),
+    )
 }
 
 /// `POST /api/v1/deliveries/{id}/resend`: sends an undelivered (e.g. dead) webhook again now,
@@ -424,14 +370,12 @@ pub async fn resend_delivery(
     _admin: Admin,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let Ok(id) = Uuid::parse_str(&path) else {
-        return HttpResponse::BadRequest().json(json!({ "error": "delivery id must be a UUID" }));
-    };
-    match state.store.resend_delivery(id).await {
-        Ok(true) => HttpResponse::Accepted().json(json!({ "id": id, "status": "pending" })),
-        Ok(false) => HttpResponse::Conflict()
-            .json(json!({ "error": "no undelivered delivery with this id" })),
-        Err(err) => HttpResponse::InternalServerError().json(json!({ "error": err.to_string() })),
+) -> Result<HttpResponse, ApiError> {
+    let id =
+        Uuid::parse_str(&path).map_err(|_| ApiError::bad_request("delivery id must be a UUID"))?;
+    if state.store.resend_delivery(id).await? {
+        Ok(HttpResponse::Accepted().json(json!({ "id": id, "status": "pending" })))
+    } else {
+        Err(ApiError::conflict("no undelivered delivery with this id"))
     }
 }
