@@ -332,14 +332,7 @@ fn audio_events(
     let Some(n) = normalizer.as_mut() else {
         return Vec::new();
     };
-    n.push_events(&bytes::Bytes::from(pcm))
-        .into_iter()
-        .map(|(channel, pcm, source)| MediaEvent::Audio {
-            channel,
-            pcm,
-            source,
-        })
-        .collect()
+    crate::media::audio_events(n, &bytes::Bytes::from(pcm))
 }
 
 /// False when the call is gone.

@@ -58,6 +58,19 @@ pub enum MediaEvent {
     ProtocolError { too_big: bool, detail: String },
 }
 
+/// A payload through the call's normaliser, as audio events (one per 20 ms frame and channel).
+pub fn audio_events(normalizer: &mut normalize::Normalizer, payload: &Bytes) -> Vec<MediaEvent> {
+    normalizer
+        .push_events(payload)
+        .into_iter()
+        .map(|(channel, pcm, source)| MediaEvent::Audio {
+            channel,
+            pcm,
+            source,
+        })
+        .collect()
+}
+
 /// A call's input.
 pub type MediaInput = LocalBoxStream<'static, MediaEvent>;
 
