@@ -184,6 +184,7 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
         &settings,
         &store,
         callengine::metrics::PostcallMetrics::default(),
+        tokio_util::sync::CancellationToken::new(),
     )?;
     tracing::info!(
         workers = settings.postcall.workers,
@@ -191,9 +192,12 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
         "post-call worker running"
     );
     let signal = wait_for_signal().await;
-    tracing::info!(%signal, "stopping the post-call worker");
+    tracing::info!(%signal, "stopping the post-call worker: finishing the jobs in hand");
     if let Some(handle) = handle {
-        handle.stop();
+        let patience = Duration::from_secs(settings.shutdown_timeout_secs);
+        if handle.stop_and_join(patience).await {
+            tracing::info!("post-call worker stopped");
+        }
     }
     Ok(())
 }

@@ -775,11 +775,14 @@ async fn a_dead_workers_job_is_rescued_when_its_lease_expires() {
             poll_ms: 50,
             ..Default::default()
         },
-        tempfile::tempdir().unwrap().keep(),
-        None,
-        "rescuer".into(),
+        callengine::postcall::Workplace {
+            node: "rescuer".into(),
+            data_dir: tempfile::tempdir().unwrap().keep(),
+            model_dir: None,
+        },
         Default::default(),
         lenient_egress(),
+        tokio_util::sync::CancellationToken::new(),
     )
     .unwrap();
     for _ in 0..200 {
@@ -801,6 +804,37 @@ async fn a_dead_workers_job_is_rescued_when_its_lease_expires() {
     assert_eq!(late, "not_owned");
     handle.stop();
     app.stop().await;
+}
+
+/// Idle workers wait `poll_ms` between claims; stopping must not wait that out: the one
+/// cancellation token wakes them, and the join sees every worker return.
+#[actix_web::test]
+async fn stopping_the_workers_wakes_idle_ones_and_joins_them() {
+    let db = common::TestDb::new(Backend::Sqlite).await;
+    let handle = callengine::postcall::Pipeline::start(
+        db.store.clone(),
+        callengine::postcall::PostcallSettings {
+            workers: 2,
+            webhook_workers: 1,
+            poll_ms: 600_000,
+            ..Default::default()
+        },
+        callengine::postcall::Workplace {
+            node: "idle-node".into(),
+            data_dir: tempfile::tempdir().unwrap().keep(),
+            model_dir: None,
+        },
+        Default::default(),
+        lenient_egress(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .unwrap();
+    // Let every worker reach its idle wait (nothing to claim).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        handle.stop_and_join(Duration::from_secs(30)).await,
+        "idle workers must return once cancelled, not after their 10-minute poll"
+    );
 }
 
 fn chat(content: &str) -> Vec<u8> {

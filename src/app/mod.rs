@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, Arbiter};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use tokio_util::sync::CancellationToken;
 
 use crate::call::limits::HandshakeSlots;
 use crate::call::registry::{CallRegistry, Drain};
@@ -58,6 +59,9 @@ pub struct Application {
     persist_arbiter: Arbiter,
     drain_timeout: Duration,
     postcall: Option<crate::postcall::PostcallHandle>,
+    cancel: CancellationToken,
+    /// How long the post-call workers get to finish at exit.
+    join_timeout: Duration,
 }
 
 /// Stops a running application: marks the node draining, finishes every call (close 1001, final
@@ -65,7 +69,9 @@ pub struct Application {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     server: ServerHandle,
-    postcall: Option<crate::postcall::PostcallHandle>,
+    /// The process's one cancellation token: the post-call workers and the background loops
+    /// hold children of it.
+    cancel: CancellationToken,
     draining: Arc<AtomicBool>,
     registry: Addr<CallRegistry>,
     drain_timeout: Duration,
@@ -82,9 +88,9 @@ impl ShutdownHandle {
     /// deadline), then stops the server gracefully.
     pub async fn shutdown(&self) {
         self.begin_drain();
-        if let Some(postcall) = &self.postcall {
-            postcall.stop();
-        }
+        // Post-call workers stop claiming (the job in hand finishes; `run_until_stopped` waits
+        // for it) and the background loops end.
+        self.cancel.cancel();
         match tokio::time::timeout(self.drain_timeout, self.registry.send(Drain)).await {
             Ok(Ok(report)) => {
                 tracing::info!(calls = report.calls, "all calls finished and flushed")
@@ -106,7 +112,12 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = open_store(&settings).await?;
         let swept = sweep_orphans(&store, &settings).await?;
-        spawn_registered_expiry(store.clone(), settings.calls.registered_expiry_secs);
+        let cancel = CancellationToken::new();
+        spawn_registered_expiry(
+            store.clone(),
+            settings.calls.registered_expiry_secs,
+            cancel.child_token(),
+        );
         if !swept.is_empty() {
             tracing::warn!(
                 count = swept.len(),
@@ -137,11 +148,18 @@ impl Application {
         let persist_arbiter = Arbiter::new();
         let state = shared_state(&settings, store, loopback_only, &persist_arbiter).await?;
         let audiosocket_port = start_audiosocket(&settings, &state)?;
-        let postcall = start_postcall(&settings, &state.store, state.metrics.postcall.clone())?;
+        let postcall = start_postcall(
+            &settings,
+            &state.store,
+            state.metrics.postcall.clone(),
+            cancel.child_token(),
+        )?;
         let server = http_server(&settings, &state, listener, addr)?;
         tracing::info!(%addr, port, database = %state.store.redacted_url(), node_id = %settings.node_id, "callengine listening");
         let drain_timeout = Duration::from_secs(settings.calls.drain_timeout_secs);
         Ok(Self {
+            cancel,
+            join_timeout: Duration::from_secs(settings.shutdown_timeout_secs),
             port,
             audiosocket_port,
             server,
@@ -171,16 +189,22 @@ impl Application {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             server: self.server.handle(),
-            postcall: self.postcall.clone(),
+            cancel: self.cancel.clone(),
             draining: self.state.draining.clone(),
             registry: self.state.registry.clone(),
             drain_timeout: self.drain_timeout,
         }
     }
 
-    /// Serves until stopped through a [`ShutdownHandle`], then stops the persisters' arbiter.
+    /// Serves until stopped through a [`ShutdownHandle`], then waits for the post-call workers
+    /// to finish the job in hand (at most `shutdown_timeout_secs`) and stops the persisters'
+    /// arbiter.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        self.cancel.cancel();
+        if let Some(postcall) = &self.postcall {
+            postcall.stop_and_join(self.join_timeout).await;
+        }
         self.persist_arbiter.stop();
         result
     }

@@ -105,6 +105,7 @@ pub fn start_postcall(
     settings: &Settings,
     store: &Store,
     metrics: crate::metrics::PostcallMetrics,
+    cancel: tokio_util::sync::CancellationToken,
 ) -> Result<Option<crate::postcall::PostcallHandle>, StartError> {
     let p = &settings.postcall;
     if p.workers == 0 && p.webhook_workers == 0 {
@@ -113,11 +114,14 @@ pub fn start_postcall(
     crate::postcall::Pipeline::start(
         store.clone(),
         p.clone(),
-        settings.data_dir.clone(),
-        settings.stt.whisper.model_dir.clone(),
-        settings.node_id.clone(),
+        crate::postcall::Workplace {
+            node: settings.node_id.clone(),
+            data_dir: settings.data_dir.clone(),
+            model_dir: settings.stt.whisper.model_dir.clone(),
+        },
         metrics,
         crate::egress::EgressPolicy::from_settings(&settings.egress),
+        cancel,
     )
     .map(Some)
     .map_err(|message| {
@@ -213,13 +217,20 @@ async fn expire_registered(store: &Store, expiry_secs: u64) -> Result<usize, Sto
     Ok(n)
 }
 
-pub(super) fn spawn_registered_expiry(store: Store, expiry_secs: u64) {
+pub(super) fn spawn_registered_expiry(
+    store: Store,
+    expiry_secs: u64,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     if expiry_secs == 0 {
         return;
     }
     actix_web::rt::spawn(async move {
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                () = cancel.cancelled() => return,
+            }
             if let Err(err) = expire_registered(&store, expiry_secs).await {
                 tracing::warn!(error = %err, "cannot expire registered calls");
             }

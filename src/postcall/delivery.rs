@@ -34,16 +34,16 @@ impl Pipeline {
         // A sender that crashed mid-attempt leaves the delivery `sending`; it is due again
         // after this long.
         let lease = timeout * 3;
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.cancel.is_cancelled() {
             let delivery = match self.store.claim_delivery(lease).await {
                 Ok(Some(d)) => d,
                 Ok(None) => {
-                    tokio::time::sleep(self.idle()).await;
+                    self.idle().await;
                     continue;
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot claim webhook deliveries");
-                    tokio::time::sleep(self.idle()).await;
+                    self.idle().await;
                     continue;
                 }
             };

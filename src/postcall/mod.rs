@@ -14,12 +14,13 @@ pub mod openai;
 mod steps;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::store::{Call, Job, JobResult, PostcallUpdate, Store, JOB_KIND_POSTCALL};
 use crate::stt::whisper::engine::WhisperEngine;
@@ -102,41 +103,74 @@ pub struct Pipeline {
     model_dir: Option<PathBuf>,
     models_cache: PathBuf,
     engine: Mutex<Option<WhisperEngine>>,
-    stop: Arc<AtomicBool>,
+    /// Cancelled when the process stops: workers finish the job in hand and return.
+    cancel: CancellationToken,
     node: String,
     metrics: crate::metrics::PostcallMetrics,
     /// Every outbound request (recordings, endpoints, webhooks) follows it.
     egress: crate::egress::EgressPolicy,
 }
 
-/// Stops the workers (they finish the job in hand).
+/// Stops the workers (they finish the job in hand) and waits for them.
 #[derive(Clone)]
 pub struct PostcallHandle {
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl PostcallHandle {
-    /// Asks every worker to stop after its current job.
+    /// Asks every worker to stop after its current job (an idle one stops at once).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        self.tasks.close();
     }
+
+    /// Stops the workers and waits up to `patience` for each to finish the job in hand.
+    /// `false`: some were still working (their leases bring the jobs back to another worker).
+    pub async fn stop_and_join(&self, patience: Duration) -> bool {
+        self.stop();
+        let joined = tokio::time::timeout(patience, self.tasks.wait())
+            .await
+            .is_ok();
+        if !joined {
+            tracing::warn!(
+                workers = self.tasks.len(),
+                patience_s = patience.as_secs(),
+                "post-call workers still busy at exit; their jobs return when the leases lapse"
+            );
+        }
+        joined
+    }
+}
+
+/// Where the workers run: the node's name (their job leases carry it), its data directory
+/// (recordings, the model cache) and the Whisper model, when one is configured.
+#[derive(Debug, Clone)]
+pub struct Workplace {
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub model_dir: Option<PathBuf>,
 }
 
 impl Pipeline {
     /// Starts `settings.workers` job workers and `settings.webhook_workers` senders on the
-    /// current runtime.
+    /// current runtime; they stop when `cancel` is cancelled (or through the handle).
     pub fn start(
         store: Store,
         settings: PostcallSettings,
-        data_dir: PathBuf,
-        model_dir: Option<PathBuf>,
-        node: String,
+        place: Workplace,
         metrics: crate::metrics::PostcallMetrics,
         egress: crate::egress::EgressPolicy,
+        cancel: CancellationToken,
     ) -> Result<PostcallHandle, String> {
         let schedule = deliver::parse_schedule(&settings.webhook_retry_secs)
             .map_err(|e| format!("postcall.webhook_retry_secs: {e}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = TaskTracker::new();
+        let Workplace {
+            node,
+            data_dir,
+            model_dir,
+        } = place;
         let pipeline = Arc::new(Pipeline {
             store,
             schedule,
@@ -144,7 +178,7 @@ impl Pipeline {
             model_dir,
             models_cache: data_dir.join("models"),
             engine: Mutex::new(None),
-            stop: stop.clone(),
+            cancel: cancel.clone(),
             node,
             settings,
             metrics,
@@ -152,22 +186,27 @@ impl Pipeline {
         });
         for i in 0..pipeline.settings.workers {
             let (p, worker) = (pipeline.clone(), format!("{}-job-{i}", pipeline.node));
-            actix_web::rt::spawn(async move { p.job_loop(worker).await });
+            tasks.spawn_local(async move { p.job_loop(worker).await });
         }
         for _ in 0..pipeline.settings.webhook_workers {
             let p = pipeline.clone();
-            actix_web::rt::spawn(async move { p.delivery_loop().await });
+            tasks.spawn_local(async move { p.delivery_loop().await });
         }
-        Ok(PostcallHandle { stop })
+        Ok(PostcallHandle { cancel, tasks })
     }
 
-    fn idle(&self) -> Duration {
-        Duration::from_millis(self.settings.poll_ms.max(10))
+    /// Waits the poll interval, or less if the process stops meanwhile.
+    async fn idle(&self) {
+        let poll = Duration::from_millis(self.settings.poll_ms.max(10));
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = self.cancel.cancelled() => {}
+        }
     }
 
     async fn job_loop(self: Arc<Self>, worker: String) {
         let lease = Duration::from_secs(self.settings.lease_secs.max(1));
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.cancel.is_cancelled() {
             let job = match self
                 .store
                 .claim_job(JOB_KIND_POSTCALL, &worker, lease)
@@ -175,12 +214,12 @@ impl Pipeline {
             {
                 Ok(Some(job)) => job,
                 Ok(None) => {
-                    tokio::time::sleep(self.idle()).await;
+                    self.idle().await;
                     continue;
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot claim post-call jobs");
-                    tokio::time::sleep(self.idle()).await;
+                    self.idle().await;
                     continue;
                 }
             };

@@ -111,11 +111,14 @@ async fn a_panicking_job_fails_only_its_own_attempts(backend: Backend) {
             test_panic_call: Some(hostile),
             ..PostcallSettings::default()
         },
-        tempfile::tempdir().unwrap().keep(),
-        None,
-        "isolation-node".into(),
+        callengine::postcall::Workplace {
+            node: "isolation-node".into(),
+            data_dir: tempfile::tempdir().unwrap().keep(),
+            model_dir: None,
+        },
         Default::default(),
         callengine::egress::EgressPolicy::from_settings(&Default::default()),
+        tokio_util::sync::CancellationToken::new(),
     )
     .unwrap();
     // Every attempt panics: each is counted and retried, and after the third it is dead, with
