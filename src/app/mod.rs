@@ -124,13 +124,12 @@ impl Application {
                 "swept calls left active by a dead process to interrupted"
             );
         }
-        let addr = settings.bind_addr()?;
+        let addr = settings.bind;
         let loopback_only = addr.ip().is_loopback()
             && settings
                 .media
                 .audiosocket_bind
-                .parse::<std::net::SocketAddr>()
-                .map_or(true, |a| a.ip().is_loopback());
+                .is_none_or(|a| a.ip().is_loopback());
         if loopback_only {
             ensure_local_tenant(&store).await?;
         }
@@ -266,9 +265,9 @@ fn start_audiosocket(
     settings: &Settings,
     state: &web::Data<AppState>,
 ) -> Result<Option<u16>, StartError> {
-    Ok(match settings.media.audiosocket_bind.as_str() {
-        "" => None,
-        bind => {
+    Ok(match settings.media.audiosocket_bind {
+        None => None,
+        Some(bind) => {
             let listener = AudioSocketListener::bind(bind, &settings.media.audiosocket_allow)
                 .map_err(|source| StartError::Io {
                     context: format!("cannot listen for AudioSocket on {bind}"),

@@ -130,8 +130,8 @@ impl Default for ApiSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Address the HTTP server listens on.
-    pub bind: String,
+    /// Address the HTTP server listens on (`HOST:PORT`).
+    pub bind: SocketAddr,
     /// Directory for the embedded database and other local state.
     pub data_dir: PathBuf,
     /// This node's name: written on every call it owns, used by the start-up sweep.
@@ -167,7 +167,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            bind: "127.0.0.1:8080".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             node_id: default_node_id(),
             log_format: LogFormat::Text,
@@ -244,13 +244,6 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The socket address to listen on (validated at load).
-    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.bind
-            .parse()
-            .map_err(|err: std::net::AddrParseError| invalid("bind", "", err))
-    }
-
     /// The database to use: the configured URL, or SQLite in the data directory.
     pub fn database_url(&self) -> Result<crate::store::DatabaseUrl, crate::store::StoreError> {
         match &self.database.url {
@@ -325,7 +318,7 @@ mod tests {
     #[test]
     fn defaults_run_sqlite_on_localhost_8080() {
         let settings = Settings::load_from(None, env(&[])).unwrap();
-        assert_eq!(settings.bind, "127.0.0.1:8080");
+        assert_eq!(settings.bind.to_string(), "127.0.0.1:8080");
         assert!(matches!(
             settings.database_url().unwrap(),
             crate::store::DatabaseUrl::Sqlite { .. }
@@ -353,7 +346,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(settings.bind, "127.0.0.1:9000");
+        assert_eq!(settings.bind.to_string(), "127.0.0.1:9000");
         assert_eq!(settings.database.pool_size, 9);
         assert_eq!(settings.database.busy_timeout_ms, 7);
         assert_eq!(settings.log_format, LogFormat::Json);
@@ -441,5 +434,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.toml") && err.contains("TOML"), "{err}");
+    }
+
+    #[test]
+    fn ids_and_addresses_are_typed_at_load_with_the_key_named() {
+        let tenant = "6f1c2f5e-8a9b-4c2d-9e1f-0a1b2c3d4e5f";
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("CALLENGINE_MEDIA__DEFAULT_TENANT_ID", tenant),
+                ("CALLENGINE_MEDIA__AUDIOSOCKET_BIND", "127.0.0.1:9092"),
+                ("CALLENGINE_MEDIA__AUDIOSOCKET_TENANT_ID", tenant),
+                ("CALLENGINE_WEBHOOKS__DEFAULT_TENANT_ID", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.media.default_tenant_id.map(|t| t.to_string()),
+            Some(tenant.to_string())
+        );
+        assert_eq!(
+            settings.media.audiosocket_bind.map(|a| a.port()),
+            Some(9092)
+        );
+        assert_eq!(settings.webhooks.default_tenant_id, None, "empty: unset");
+
+        for (key, var) in [
+            (
+                "media.default_tenant_id",
+                "CALLENGINE_MEDIA__DEFAULT_TENANT_ID",
+            ),
+            (
+                "media.audiosocket_bind",
+                "CALLENGINE_MEDIA__AUDIOSOCKET_BIND",
+            ),
+            (
+                "webhooks.default_tenant_id",
+                "CALLENGINE_WEBHOOKS__DEFAULT_TENANT_ID",
+            ),
+        ] {
+            let err = Settings::load_from(None, env(&[(var, "not-valid")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(var), "{key}: {err}");
+        }
+        // A listener needs its tenant.
+        let err = Settings::load_from(
+            None,
+            env(&[("CALLENGINE_MEDIA__AUDIOSOCKET_BIND", "127.0.0.1:9092")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("media.audiosocket_tenant_id"), "{err}");
     }
 }

@@ -37,7 +37,7 @@ pub struct AudioSocketListener {
 
 impl AudioSocketListener {
     /// Binds `bind` now so that a port in use is a start-up error.
-    pub fn bind(bind: &str, allow: &str) -> std::io::Result<Self> {
+    pub fn bind(bind: std::net::SocketAddr, allow: &str) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
         let allow = allow
@@ -138,7 +138,7 @@ async fn session(
                 .into_iter()
                 .find(|c| c.protocol == Protocol::Api && c.ended_at.is_none())
         });
-    let Ok(default_tenant) = uuid::Uuid::parse_str(&state.media.audiosocket_tenant_id) else {
+    let Some(default_tenant) = state.media.audiosocket_tenant_id else {
         return;
     };
     let tenant_id = registered.as_ref().map_or(default_tenant, |c| c.tenant_id);

@@ -126,7 +126,8 @@ pub fn ids_from_map(
 #[serde(default, deny_unknown_fields)]
 pub struct MediaSettings {
     /// Tenant of carrier calls that name none (UUID; empty: such calls are refused).
-    pub default_tenant_id: String,
+    #[serde(with = "crate::text::optional")]
+    pub default_tenant_id: Option<Uuid>,
     /// Live calls this node takes at once, over every transport (0: no limit).
     pub max_calls: usize,
     /// Live calls per tenant unless the tenant sets its own cap (0: no limit).
@@ -134,9 +135,11 @@ pub struct MediaSettings {
     /// Time a carrier has to send its first message (start/connected/metadata/UUID).
     pub handshake_timeout_ms: u64,
     /// AudioSocket TCP listener, `HOST:PORT`; empty: no listener.
-    pub audiosocket_bind: String,
+    #[serde(with = "crate::text::optional")]
+    pub audiosocket_bind: Option<std::net::SocketAddr>,
     /// Tenant of AudioSocket calls (UUID; required with a listener).
-    pub audiosocket_tenant_id: String,
+    #[serde(with = "crate::text::optional")]
+    pub audiosocket_tenant_id: Option<Uuid>,
     /// Source addresses allowed to open AudioSocket sessions, comma-separated; `*`: any.
     pub audiosocket_allow: String,
 }
@@ -144,12 +147,12 @@ pub struct MediaSettings {
 impl Default for MediaSettings {
     fn default() -> Self {
         Self {
-            default_tenant_id: String::new(),
+            default_tenant_id: None,
             max_calls: 10_000,
             max_calls_per_tenant: 0,
             handshake_timeout_ms: 10_000,
-            audiosocket_bind: String::new(),
-            audiosocket_tenant_id: String::new(),
+            audiosocket_bind: None,
+            audiosocket_tenant_id: None,
             audiosocket_allow: "127.0.0.1,::1".into(),
         }
     }

@@ -29,7 +29,8 @@ use crate::store::{StoreError, Tenant};
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
     /// Tenant of webhooks posted to the routes without a token (UUID; empty: refused).
-    pub default_tenant_id: String,
+    #[serde(with = "crate::text::optional")]
+    pub default_tenant_id: Option<Uuid>,
     /// Public base URL (`https://host[:port]`) the senders call, for signatures computed over the
     /// URL behind a proxy (Twilio); empty: taken from the request.
     pub public_base_url: String,
@@ -42,7 +43,7 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
-            default_tenant_id: String::new(),
+            default_tenant_id: None,
             public_base_url: String::new(),
             max_body_bytes: 1024 * 1024,
             signature_tolerance_secs: 30 * 60,
@@ -171,7 +172,7 @@ pub async fn resolve_tenant(
             }
         }
         None => {
-            let Ok(id) = Uuid::parse_str(&state.inbound.settings.default_tenant_id) else {
+            let Some(id) = state.inbound.settings.default_tenant_id else {
                 return Err(bad_request(
                     "no tenant: post to /webhooks/{token}/… or set webhooks.default_tenant_id",
                 ));

@@ -121,7 +121,7 @@ async fn session<C: Carrier>(up: Upgraded, query: Map<String, Value>) {
         session: &mut session,
         deadline: tokio::time::Instant::now()
             + Duration::from_millis(state.media.handshake_timeout_ms),
-        default_tenant: uuid::Uuid::parse_str(&state.media.default_tenant_id).ok(),
+        default_tenant: state.media.default_tenant_id,
         query: &query,
     };
     let (accepted, mut carrier) = match C::handshake(&mut handshake).await {
