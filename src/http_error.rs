@@ -15,6 +15,9 @@ pub struct ApiError {
     message: String,
     /// Seconds, for `Retry-After` on a 429 or 503.
     retry_after: Option<u64>,
+    /// A bearer-token refusal (`WWW-Authenticate: Bearer`); other 401s (a bad webhook
+    /// signature) name no scheme.
+    bearer: bool,
 }
 
 impl ApiError {
@@ -24,6 +27,7 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            bearer: false,
         }
     }
 
@@ -32,7 +36,10 @@ impl ApiError {
     }
     /// 401 with `WWW-Authenticate: Bearer` (RFC 6750).
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+        Self {
+            bearer: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+        }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
@@ -84,7 +91,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.bearer {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         if let Some(seconds) = self.retry_after {
@@ -121,6 +128,8 @@ mod tests {
             response.headers().get(header::WWW_AUTHENTICATE).unwrap(),
             "Bearer"
         );
+        let signature = ApiError::new(StatusCode::UNAUTHORIZED, "bad signature").error_response();
+        assert!(signature.headers().get(header::WWW_AUTHENTICATE).is_none());
         let response = ApiError::unavailable("database unavailable")
             .retry_after(2)
             .error_response();

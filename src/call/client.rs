@@ -29,6 +29,7 @@ pub enum ClientEvent {
     Final {
         seq: i32,
         text: String,
+        #[serde(default)]
         speaker: String,
         start_ms: Option<i64>,
         end_ms: Option<i64>,

@@ -207,6 +207,11 @@ impl Persister {
             }
             Failure::Dropped(turns) => {
                 tracing::error!(?call_id, error = %err, turns, "turns could not be written and were dropped");
+                if let Some((_, backlog)) = &self.call {
+                    backlog.do_send(PersistBacklog {
+                        unsent: self.queue.unsent(),
+                    });
+                }
             }
             Failure::CompletionFailed => {
                 tracing::error!(?call_id, error = %err, "call completion failed permanently");

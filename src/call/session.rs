@@ -399,6 +399,8 @@ impl CallSession {
         tracing::error!(call_id = ?self.call_id, end_reason, "call actor ended without a finished flush");
         let dtmf = Some(self.dtmf.clone()).filter(|d| !d.is_empty());
         self.push(Effect::Abandon { end_reason, dtmf });
+        // The persister still writes what it holds, but this call no longer reports it.
+        self.counters.unsent_turns = 0;
         self.close(1011, "internal error".into(), true);
         if let Some(call_id) = self.call_id {
             self.push(Effect::Unregister(call_id));

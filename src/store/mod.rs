@@ -97,6 +97,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when no retry of the same write can succeed: the call is gone, ended or another
+    /// tenant's, the input is invalid, or a stored value is corrupt. The persister drops such a
+    /// batch instead of retrying it; everything else (connectivity above all) is retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::CallNotFound(_)
+                | Self::CallNotActive { .. }
+                | Self::InvalidInput(_)
+                | Self::ExternalIdInUse { .. }
+                | Self::CallUnavailable
+                | Self::Corrupt(_)
+        )
+    }
+
     /// True when retrying later may succeed (connectivity, pool exhaustion, lock timeouts).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -125,9 +140,9 @@ impl From<StoreError> for crate::http_error::ApiError {
         match err {
             StoreError::InvalidInput(message) => ApiError::bad_request(message),
             StoreError::CallNotFound(_) => ApiError::not_found("no such call"),
-            StoreError::ExternalIdInUse { .. } | StoreError::CallUnavailable => {
-                ApiError::conflict(err.to_string())
-            }
+            StoreError::ExternalIdInUse { .. }
+            | StoreError::CallUnavailable
+            | StoreError::CallNotActive { .. } => ApiError::conflict(err.to_string()),
             err if err.is_transient() => {
                 tracing::warn!(error = %err, "database unavailable for a request");
                 ApiError::unavailable("database unavailable").retry_after(1)

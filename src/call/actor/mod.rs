@@ -170,8 +170,9 @@ impl CallActor {
         }
     }
 
-    /// Feeds the session what happened now and performs what it answers.
+    /// Feeds the session what happened now and performs what it answers, in the call's span.
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.session.handle_input(input, crate::clock::now());
         while let Some(effect) = self.session.poll_output() {
             self.perform(effect, Some(ctx));
@@ -194,10 +195,16 @@ impl CallActor {
     /// The backstop for an actor that stops (or is dropped) without finishing: no context
     /// (this may run in `Drop`), so only effects that need none can follow.
     fn backstop(&mut self, end_reason: &'static str) {
+        let _span = self.span.clone().entered();
         self.session
             .handle_input(Input::Stopped(end_reason), crate::clock::now());
         while let Some(effect) = self.session.poll_output() {
             self.perform(effect, None);
+        }
+        // The node's gauges let go of this call whichever way it ended.
+        self.gauge_unsent();
+        if let Some(active) = self.active_gauge.take() {
+            active.dec();
         }
     }
 }
@@ -253,10 +260,6 @@ impl Actor for CallActor {
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        let _span = self.span.clone().entered();
-        if let Some(active) = self.active_gauge.take() {
-            active.dec();
-        }
         self.backstop("call_actor_stopped");
         Running::Stop
     }

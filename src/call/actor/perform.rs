@@ -22,14 +22,15 @@ impl CallActor {
                 let _ = self.out.try_send(Outbound::Pong(payload));
             }
             Effect::Completed { reason, result } => self.completed(&reason, result.as_ref()),
-            Effect::Close { code, description } => {
+            Effect::Close { code, description } if ctx.is_some() => {
                 // After everything queued before it: wait for room rather than drop it.
                 let out = self.out.clone();
                 actix_web::rt::spawn(async move {
                     let _ = out.send(Outbound::Close(code, description)).await;
                 });
             }
-            Effect::CloseNow { code, description } => {
+            // Without a context (the backstop, maybe in `Drop`) no task is spawned.
+            Effect::Close { code, description } | Effect::CloseNow { code, description } => {
                 // No task spawned here (this may run in `Drop`): a full queue leaves the close
                 // to the writer, which sends 1011 once the call's sender is gone.
                 let _ = self.out.try_send(Outbound::Close(code, description));
@@ -51,7 +52,10 @@ impl CallActor {
             | Effect::RunFinish { .. }
             | Effect::Stop => {
                 let Some(ctx) = ctx else {
-                    tracing::error!(?effect, "effect needs the actor's context; skipped");
+                    // Only left over when a handler panicked mid-way: the backstop ends the call.
+                    if !matches!(effect, Effect::Stop) {
+                        tracing::warn!(?effect, "effect needs the actor's context; skipped");
+                    }
                     return;
                 };
                 match effect {

@@ -91,17 +91,9 @@ pub struct WriteQueue {
     next_key: u64,
 }
 
-/// Errors a retry cannot fix.
+/// Errors a retry cannot fix (the store's own classification).
 pub fn is_permanent(err: &StoreError) -> bool {
-    matches!(
-        err,
-        StoreError::CallNotFound(_)
-            | StoreError::CallNotActive { .. }
-            | StoreError::InvalidInput(_)
-            | StoreError::ExternalIdInUse { .. }
-            | StoreError::CallUnavailable
-            | StoreError::Corrupt(_)
-    )
+    err.is_permanent()
 }
 
 impl WriteQueue {
@@ -147,7 +139,9 @@ impl WriteQueue {
 
     /// Queues a turn assembled at `assembled_at`.
     pub fn push(&mut self, turn: NewTurn, assembled_at: Instant) -> Result<(), Refused> {
-        if self.completed {
+        // Once the completion is being written, a turn would land after the call's end.
+        if self.completed || self.in_flight == Some(InFlight::Completion) {
+            self.dropped += u64::from(!self.completed);
             return Err(Refused::Completed);
         }
         if self.queue.len() >= self.max_unsent {

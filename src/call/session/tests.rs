@@ -467,4 +467,9 @@ fn a_backlog_is_counted_and_cleared_by_the_end() {
     f.input(Input::Finish(EndReason::OperatorHangup), 20);
     f.finished(Box::new(Err("database down".into())), 30);
     assert_eq!(f.session.counters().unsent_turns, 0);
+    // A backstopped call lets go of its backlog too (the persister keeps writing it).
+    let mut f = Fixture::new().live();
+    f.input(Input::Backlog { unsent: 4 }, 10);
+    f.input(Input::Stopped("call_actor_stopped"), 20);
+    assert_eq!(f.session.counters().unsent_turns, 0);
 }

@@ -189,6 +189,10 @@ fn the_completion_waits_for_the_queue_to_drain_and_is_written_once() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(q.next(t0), Step::Idle));
+    // A turn arriving while the completion is being written would land after the end: it is
+    // refused and counted, not queued and forgotten.
+    assert_eq!(q.push(turn("too late"), t0), Err(Refused::Completed));
+    assert_eq!(q.dropped(), 1);
     q.completed();
     assert!(matches!(q.next(t0), Step::Idle));
     assert_eq!(q.push(turn("late"), t0), Err(Refused::Completed));
