@@ -79,6 +79,14 @@ async fn concurrent_calls_are_measured_and_match_the_database() {
         &[("CALLENGINE_STT__SCRIPTED__MODE", "energy")],
     )
     .await;
+    // The reference transcript of the clip `run_loadgen` writes (`call.wav`).
+    let refs = tempfile::tempdir().unwrap();
+    let tsv = refs.path().join("refs.tsv");
+    std::fs::write(
+        &tsv,
+        "other.wav\tnot this one\ncall.wav\tHello there. See you soon!\n",
+    )
+    .unwrap();
     let (out, report) = run_loadgen(
         app.port,
         &[
@@ -88,11 +96,26 @@ async fn concurrent_calls_are_measured_and_match_the_database() {
             "30",
             "--expect-turns",
             "2",
+            "--reference",
+            tsv.to_str().unwrap(),
         ],
     )
     .await;
     let stdout = succeeded(&out, "");
     assert!(stdout.contains("final latency"), "{stdout}");
+    assert!(
+        stdout.contains("time to final") && stdout.contains("word errors"),
+        "{stdout}"
+    );
+    // Each final is timed from the end of the speech stretch it heard in the WAV (two
+    // stretches, two finals per call).
+    assert_eq!(report["time_to_final_ms"]["count"], 12, "{stdout}");
+    // Each call's finals are compared with the 5 reference words (the scripted provider says
+    // its own lines, so the errors are whatever they are; the count of words is exact).
+    assert_eq!(report["word_errors"][1], 30, "{stdout}");
+    for result in report["results"].as_array().unwrap() {
+        assert_eq!(result["word_errors"][1], 5);
+    }
     assert_eq!(report["calls"], 6);
     assert_eq!(report["failed_calls"], 0);
     assert_eq!(report["finals"], 12);

@@ -29,68 +29,7 @@ fn speak(text: &str, path: &std::path::Path) {
     assert!(status.success());
 }
 
-/// Lower case, no punctuation, small numbers as digits (as Whisper's English normaliser does).
-fn normalise(text: &str) -> Vec<String> {
-    const NUMBERS: [&str; 21] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-        "twenty",
-    ];
-    text.to_lowercase()
-        .split(|c: char| c.is_whitespace() || c == '-')
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            NUMBERS
-                .iter()
-                .position(|n| *n == w)
-                .map_or(w, |i| i.to_string())
-        })
-        .collect()
-}
-
-/// Word-level edit distance.
-fn word_errors(reference: &[String], hypothesis: &[String]) -> usize {
-    let mut row: Vec<usize> = (0..=hypothesis.len()).collect();
-    for (i, r) in reference.iter().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, h) in hypothesis.iter().enumerate() {
-            let substitute = previous + usize::from(r != h);
-            previous = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[hypothesis.len()]
-}
-
-#[test]
-fn word_error_rate_helper_counts_edits() {
-    let w = |s: &str| normalise(s);
-    assert_eq!(word_errors(&w("book a plumber"), &w("welcome Lumber")), 3);
-    assert_eq!(
-        word_errors(&w("twelve Main Street."), &w("12 main street")),
-        0
-    );
-}
+use callengine::text::wer::{word_errors, words as normalise};
 
 #[test]
 fn transcribes_clean_speech_with_tiny_en_accuracy() {

@@ -3,4 +3,5 @@
 pub mod g711;
 pub mod pcm;
 pub mod resample;
+pub mod speech;
 pub mod wav;

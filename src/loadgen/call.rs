@@ -32,6 +32,12 @@ pub(super) struct CallPlan {
     final_wait: Duration,
     quiet: Duration,
     pub(super) expect_turns: Option<usize>,
+    /// Where the clip's speech is, and its length: each final is also timed from the end of
+    /// the speech it heard.
+    speech: Vec<crate::audio::speech::SpeechSegment>,
+    clip_ms: i64,
+    /// The clip's reference transcript, as words (`--reference`).
+    pub(super) reference: Option<Vec<String>>,
     feed: Option<feed::Feed>,
     chaos: Option<chaos::Chaos>,
     seed: u64,
@@ -66,6 +72,9 @@ impl CallPlan {
             final_wait: Duration::from_secs(args.final_wait_secs),
             quiet: Duration::from_millis(args.quiet_ms),
             expect_turns: args.expect_turns,
+            speech: crate::audio::speech::speech_segments(audio, args.speech_threshold, 300),
+            clip_ms: clip_ms as i64,
+            reference: None,
             feed,
             chaos: chaos::Chaos::from_args(&args.chaos),
             seed,
@@ -191,7 +200,7 @@ pub(super) async fn one_call(plan: &CallPlan, progress: &Progress, index: u64) -
     // before the close; on the feed they come before `call.ended`.
     collect_late_events(plan, &mut seen_rx, &mut pending, &mut result).await;
     forget(plan, &external_id);
-    record_events(&mut result, pending, began, start, progress);
+    record_events(&mut result, pending, (began, start), plan, progress);
     result
 }
 
@@ -278,12 +287,13 @@ async fn collect_late_events(
 }
 
 /// Folds the events the call saw into its result: its id and start, its errors, and each
-/// final with its latency from the send of the audio that ended it (audio sent from `start`).
+/// final with its latency from the send of the audio that ended it (audio sent from `start`)
+/// and from the end of the speech it heard in the clip.
 fn record_events(
     result: &mut CallResult,
     pending: Vec<(Instant, Seen)>,
-    began: Instant,
-    start: Instant,
+    (began, start): (Instant, Instant),
+    plan: &CallPlan,
     progress: &Progress,
 ) {
     for (at, seen) in pending {
@@ -313,6 +323,19 @@ fn record_events(
                     result
                         .final_latency_ms
                         .push(at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+                    let speech = &plan.speech;
+                    let spoken = crate::audio::speech::speech_end_for(
+                        speech,
+                        plan.clip_ms,
+                        start_ms,
+                        end_ms,
+                    );
+                    if let Some(speech_end) = spoken {
+                        let ended = frame_sent_at(start, &result.send_lag_us, speech_end);
+                        result
+                            .time_to_final_ms
+                            .push(at.saturating_duration_since(ended).as_secs_f64() * 1000.0);
+                    }
                 }
                 result.final_seqs.push(seq);
                 result.finals.push(text);
@@ -321,6 +344,20 @@ fn record_events(
             Seen::Error(e) => result.errors.push(e),
             Seen::Ended => {}
         }
+    }
+    // Word errors of the finals (in turn order) against the clip's reference, when the call
+    // played the clip once.
+    if let (Some(reference), true) = (&plan.reference, result.audio_ms as i64 <= plan.clip_ms) {
+        let mut told: Vec<&Told> = result.told.iter().collect();
+        told.sort_by_key(|t| t.seq);
+        let heard: Vec<String> = told
+            .iter()
+            .flat_map(|t| crate::text::wer::words(&t.text))
+            .collect();
+        result.word_errors = Some((
+            crate::text::wer::word_errors(reference, &heard),
+            reference.len(),
+        ));
     }
 }
 

@@ -89,6 +89,10 @@ pub struct LoadgenArgs {
     /// Without `--expect-turns`: hang up once no final has come for this long after the audio.
     #[arg(long, default_value_t = 4_000)]
     pub quiet_ms: u64,
+    /// RMS level (s16le) from which a 20 ms frame of the WAV counts as speech, for timing each
+    /// final from the end of the speech it heard (300 ms of quiet ends a stretch).
+    #[arg(long, default_value_t = 300.0)]
+    pub speech_threshold: f64,
     /// Finals every call must get (checked live and in the database; a mismatch fails the run).
     #[arg(long)]
     pub expect_turns: Option<usize>,
@@ -115,6 +119,10 @@ pub struct LoadgenArgs {
     /// Soak: stop starting calls after this many.
     #[arg(long)]
     pub soak_calls: Option<usize>,
+    /// Reference transcripts, a TSV of `file name<TAB>text`: the row of `--wav`'s file name is
+    /// compared with each call's finals (word error rate, for calls that play the clip once).
+    #[arg(long, value_name = "TSV")]
+    pub reference: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -160,6 +168,25 @@ pub fn load_audio(path: &std::path::Path) -> anyhow::Result<Bytes> {
         anyhow::bail!("{} holds less than 20 ms of audio", path.display());
     }
     Ok(Bytes::from(pcm))
+}
+
+/// The reference words for `wav` from a TSV of `file name<TAB>text` (matched by file name).
+pub fn load_reference(tsv: &std::path::Path, wav: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(tsv)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tsv.display()))?;
+    let name = wav.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(file, _)| {
+            let file = file.trim();
+            file == name
+                || std::path::Path::new(file)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    == Some(name)
+        })
+        .map(|(_, reference)| crate::text::wer::words(reference))
+        .ok_or_else(|| anyhow::anyhow!("{} has no row for {name}", tsv.display()))
 }
 
 /// Runs the load on a runtime of its own and returns the report.
@@ -214,7 +241,12 @@ async fn run_async(args: &LoadgenArgs, audio: Bytes, seed: u64) -> anyhow::Resul
         (Some(token), false) => Some(feed::Feed::subscribe(&args.http_base(), token)?),
         _ => None,
     };
-    let plan = Arc::new(CallPlan::new(args, &audio, seed, feed.clone()));
+    let mut plan = CallPlan::new(args, &audio, seed, feed.clone());
+    plan.reference = match &args.reference {
+        Some(tsv) => Some(load_reference(tsv, &args.wav)?),
+        None => None,
+    };
+    let plan = Arc::new(plan);
     let source = match args.pid {
         Some(pid) => Some(SampleSource::Pid(pid)),
         None => Some(SampleSource::Metrics {
@@ -308,6 +340,7 @@ mod tests {
             tail_silence_ms: 0,
             final_wait_secs: 0,
             quiet_ms: 0,
+            speech_threshold: 300.0,
             expect_turns: None,
             tenant_id: None,
             token: None,
@@ -316,6 +349,7 @@ mod tests {
             pid: None,
             soak_secs: None,
             soak_calls: None,
+            reference: None,
             report: None,
             threads: 1,
             chaos: chaos::ChaosArgs::default(),

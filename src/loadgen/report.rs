@@ -28,6 +28,10 @@ pub struct CallResult {
     pub send_lag_us: Vec<u32>,
     /// Audio end of each final → its arrival, ms.
     pub final_latency_ms: Vec<f64>,
+    /// End of the speech in the WAV that each final heard → its arrival, ms.
+    pub time_to_final_ms: Vec<f64>,
+    /// Word errors of the call's finals against `--reference`, and the reference's words.
+    pub word_errors: Option<(usize, usize)>,
     pub finals: Vec<String>,
     pub final_seqs: Vec<i64>,
     pub errors: Vec<String>,
@@ -104,6 +108,10 @@ pub struct Report {
     pub started_ms: Percentiles,
     pub send_lag_ms: Percentiles,
     pub final_latency_ms: Percentiles,
+    /// From the end of speech in the WAV (what the caller feels) to the `final`.
+    pub time_to_final_ms: Percentiles,
+    /// Word error rate over the calls compared with `--reference`: errors, reference words.
+    pub word_errors: Option<(usize, usize)>,
     pub frames_sent: u64,
     pub finals: usize,
     /// Feed events the engine dropped because the load generator fell behind.
@@ -143,6 +151,16 @@ impl Report {
             out += &forwarding.summary_lines();
         }
         out += &format!("  final latency  {}\n", self.final_latency_ms);
+        out += &format!(
+            "  time to final  {}  (from the end of speech in the WAV)\n",
+            self.time_to_final_ms
+        );
+        if let Some((errors, words)) = self.word_errors {
+            out += &format!(
+                "  word errors    {errors}/{words} = {:.1} % WER against the reference\n",
+                100.0 * errors as f64 / words.max(1) as f64
+            );
+        }
         out += &format!(
             "  frames sent {}, finals {}, close codes {:?}\n",
             self.frames_sent, self.finals, self.close_codes
@@ -243,6 +261,16 @@ pub(super) fn new_report(
             results
                 .iter()
                 .flat_map(|r| r.final_latency_ms.iter().copied())
+                .collect(),
+        ),
+        word_errors: results
+            .iter()
+            .filter_map(|r| r.word_errors)
+            .reduce(|(e, w), (e2, w2)| (e + e2, w + w2)),
+        time_to_final_ms: Percentiles::of(
+            results
+                .iter()
+                .flat_map(|r| r.time_to_final_ms.iter().copied())
                 .collect(),
         ),
         frames_sent: results.iter().map(|r| r.frames_sent).sum(),
