@@ -133,18 +133,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// Human summary.
-    pub fn summary(&self) -> String {
-        let mut out = format!(
-            "{} {} calls ({} concurrent, {} failed) in {:.1} s, {:.1} s of audio each\n",
-            self.calls,
-            self.protocol.engine_name(),
-            self.concurrency,
-            self.failed_calls,
-            self.wall_secs,
-            self.audio_secs_per_call
-        );
-        out += &format!("  connect        {}\n", self.connect_ms);
+    /// The summary's timings: connect, start, send lag, forwarding, finals; and the WER.
+    fn timing_lines(&self) -> String {
+        let mut out = format!("  connect        {}\n", self.connect_ms);
         out += &format!("  call started   {}\n", self.started_ms);
         out += &format!("  send lag       {}\n", self.send_lag_ms);
         if let Some(forwarding) = &self.forwarding {
@@ -161,6 +152,21 @@ impl Report {
                 100.0 * errors as f64 / words.max(1) as f64
             );
         }
+        out
+    }
+
+    /// Human summary.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{} {} calls ({} concurrent, {} failed) in {:.1} s, {:.1} s of audio each\n",
+            self.calls,
+            self.protocol.engine_name(),
+            self.concurrency,
+            self.failed_calls,
+            self.wall_secs,
+            self.audio_secs_per_call
+        );
+        out += &self.timing_lines();
         out += &format!(
             "  frames sent {}, finals {}, close codes {:?}\n",
             self.frames_sent, self.finals, self.close_codes
