@@ -767,24 +767,7 @@ async fn a_dead_workers_job_is_rescued_when_its_lease_expires() {
         "leased: nobody else takes it"
     );
     // A live worker starts; once the lease lapses it takes the job over.
-    let handle = callengine::postcall::Pipeline::start(
-        store.clone(),
-        callengine::postcall::PostcallSettings {
-            workers: 1,
-            webhook_workers: 0,
-            poll_ms: 50,
-            ..Default::default()
-        },
-        callengine::postcall::Workplace {
-            node: "rescuer".into(),
-            data_dir: tempfile::tempdir().unwrap().keep(),
-            model_dir: None,
-        },
-        Default::default(),
-        lenient_egress(),
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .unwrap();
+    let handle = start_workers(&store, "rescuer", (1, 0), 50);
     for _ in 0..200 {
         if job_status(&store, call_id).await.0 == "done" {
             break;
@@ -806,21 +789,23 @@ async fn a_dead_workers_job_is_rescued_when_its_lease_expires() {
     app.stop().await;
 }
 
-/// Idle workers wait `poll_ms` between claims; stopping must not wait that out: the one
-/// cancellation token wakes them, and the join sees every worker return.
-#[actix_web::test]
-async fn stopping_the_workers_wakes_idle_ones_and_joins_them() {
-    let db = common::TestDb::new(Backend::Sqlite).await;
-    let handle = callengine::postcall::Pipeline::start(
-        db.store.clone(),
+/// A pipeline of `(job workers, webhook senders)` on `store`, polling every `poll_ms`.
+fn start_workers(
+    store: &callengine::store::Store,
+    node: &str,
+    (workers, webhook_workers): (usize, usize),
+    poll_ms: u64,
+) -> callengine::postcall::PostcallHandle {
+    callengine::postcall::Pipeline::start(
+        store.clone(),
         callengine::postcall::PostcallSettings {
-            workers: 2,
-            webhook_workers: 1,
-            poll_ms: 600_000,
+            workers,
+            webhook_workers,
+            poll_ms,
             ..Default::default()
         },
         callengine::postcall::Workplace {
-            node: "idle-node".into(),
+            node: node.into(),
             data_dir: tempfile::tempdir().unwrap().keep(),
             model_dir: None,
         },
@@ -828,7 +813,15 @@ async fn stopping_the_workers_wakes_idle_ones_and_joins_them() {
         lenient_egress(),
         tokio_util::sync::CancellationToken::new(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Idle workers wait `poll_ms` between claims; stopping must not wait that out: the one
+/// cancellation token wakes them, and the join sees every worker return.
+#[actix_web::test]
+async fn stopping_the_workers_wakes_idle_ones_and_joins_them() {
+    let db = common::TestDb::new(Backend::Sqlite).await;
+    let handle = start_workers(&db.store, "idle-node", (2, 1), 600_000);
     // Let every worker reach its idle wait (nothing to claim).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
